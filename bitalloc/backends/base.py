@@ -1,0 +1,84 @@
+"""The Backend protocol: materialise a :class:`Solution` on a model, reversibly.
+
+``apply(model, solution) -> AppliedPlan``: the handle keeps what it needs to put the model back
+exactly (``handle.restore()``, or use it as a context manager).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from ..search.formats import QuantFormat
+from ..search.solution import Solution
+from ..search.space import Unit
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Turns a plan into a quantized model."""
+
+    name: ClassVar[str]
+
+    def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
+        """Whether this backend can build ``unit`` in ``fmt``."""
+        ...
+
+    def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
+        """Quantize ``model`` in place according to ``solution``."""
+        ...
+
+
+class AppliedPlan:
+    """Handle of an applied plan; :meth:`restore` puts the original weights back bit-exactly."""
+
+    def __init__(self, model: nn.Module, solution: Solution, originals: dict[str, torch.Tensor],
+                 restore_fn: Callable[[nn.Module, dict[str, torch.Tensor]], None]) -> None:
+        self.model = model
+        self.solution = solution
+        self._originals = originals
+        self._restore_fn = restore_fn
+        self.restored = False
+
+    def restore(self) -> nn.Module:
+        """Undo the apply (idempotent) and return the model."""
+        if not self.restored:
+            self._restore_fn(self.model, self._originals)
+            self._originals = {}
+            self.restored = True
+        return self.model
+
+    def __enter__(self) -> AppliedPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def check_plan(model: nn.Module, solution: Solution) -> dict[str, nn.Module]:
+    """Verify that every unit of ``solution`` exists in ``model`` with the same weight shape.
+
+    Returns the unit modules; raises ``ValueError`` listing every mismatch otherwise.
+    """
+    if not isinstance(solution, Solution):
+        raise TypeError(f"`solution` must be a Solution, got {type(solution).__name__}")
+    if not solution.success:
+        raise ValueError(f"cannot apply a plan with status {solution.status.value}: {solution.message}")
+    modules = dict(model.named_modules())
+    problems, found = [], {}
+    for u in solution.space.units:
+        w = getattr(modules.get(u.name), "weight", None)
+        if w is None:
+            problems.append(f"{u.name}: not in the model")
+        elif tuple(w.shape) != u.shape:
+            problems.append(f"{u.name}: plan shape {u.shape} != model shape {tuple(w.shape)}")
+        else:
+            found[u.name] = modules[u.name]
+    if problems:
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError("plan does not match the model: " + "; ".join(problems[:5]) + more)
+    return found

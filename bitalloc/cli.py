@@ -1,0 +1,227 @@
+"""The ``bitalloc`` command: search, eval, show, list.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (unknown names, bad budget, malformed
+plan, infeasible budget). Nothing is written unless the command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """Bad input detected by the CLI (exit code 2)."""
+
+
+def _progress(desc: str, quiet: bool) -> Any:
+    """A ``callback(done, total, ...)`` drawing a tqdm bar on stderr."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def cb(done: int, total: int, label: str = desc) -> None:
+        bar = bars.get(label)
+        if bar is None:
+            bar = bars[label] = tqdm(total=total, desc=label, leave=False, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            bars.pop(label)
+
+    return cb
+
+
+def _load_model(name: str) -> tuple[Any, Any]:
+    from .models import load
+
+    started = time.perf_counter()
+    model, tok = load(name)
+    logging.getLogger("bitalloc").info("model %s loaded in %.1f s", name, time.perf_counter() - started)
+    return model, tok
+
+
+def _budget(args: argparse.Namespace) -> Any:
+    from .search.budget import Budget
+
+    if (args.avg_bits is None) == (args.bytes is None):
+        raise CliError("give exactly one of --avg-bits or --bytes")
+    return Budget.avg_bits(args.avg_bits) if args.avg_bits is not None else Budget.bytes(args.bytes)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .data import calibration
+    from .models import cache_dir
+    from .search.api import available, estimate, solve
+    from .search.formats import parse_formats
+    from .search.problem import Problem
+    from .search.space import SearchSpace
+    from .search.solution import Status
+
+    budget = _budget(args)
+    formats = parse_formats(args.formats)
+    for kind, name in (("estimator", args.estimator), ("solver", args.solver)):
+        if name not in available(kind):
+            raise CliError(f"unknown {kind} {name!r}; available: {', '.join(available(kind))}")
+    model, tok = _load_model(args.model)
+    calib = calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
+    tie = None if args.tie == "none" else ("auto" if args.tie == "auto" else args.tie.split(","))
+    space = SearchSpace.from_model(model, formats, include=args.include or (),
+                                   exclude=args.exclude, tie=tie,
+                                   example_input=calib.batches[0] if calib else None)
+    table = estimate(model, space, calib, args.estimator,
+                     cache_dir=None if args.no_cache else cache_dir(),
+                     callback=_progress(args.estimator, args.quiet))
+    problem = Problem.build(table, budget)
+    if problem.max_cost() < budget.capacity_bits(space):
+        top = budget.from_bits(problem.max_cost(), space)
+        raise CliError(f"budget {budget.describe()} is above the maximum {top:.6g} of this "
+                       "search space (every unit at its largest format); lower it or add formats")
+    sol = solve(table, budget, args.solver)
+    if sol.status is Status.INFEASIBLE:
+        raise CliError(sol.message)
+    if args.table:
+        table.save(args.table)
+    sol.save(args.out)
+    print(sol.summary())
+    print(f"plan written to {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_plan
+    from .search.solution import Solution
+
+    sol = Solution.load(args.plan)
+    model_name = args.model or sol.meta.get("model")
+    if not model_name:
+        raise CliError("the plan does not name its model; pass --model")
+    text = None
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except OSError as e:
+            raise CliError(f"cannot read --text {args.text!r}: {e.strerror}") from None
+    model, tok = _load_model(model_name)
+    result = evaluate_plan(model, tok, sol, text=text, n_windows=args.windows,
+                           seq_len=args.seq_len, callback=_progress("eval", args.quiet))
+    if args.json:
+        print(json.dumps(result, indent=1, default=_json_default))
+    else:
+        print(_eval_table(result))
+    return 0
+
+
+def _json_default(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else str(x)
+
+
+def _eval_table(result: dict[str, Any]) -> str:
+    lines = [f"{'model':<10} {'format':<12} {'avg bits':>9} {'ppl':>10} {'kl':>10}"]
+    for name in ("reference", "plan", "uniform"):
+        r = result.get(name)
+        if r is None:
+            lines.append(f"{name:<10} (no uniform format fits under the plan's bits)")
+            continue
+        fmt = r.get("format", "float" if name == "reference" else "mixed")
+        if "ppl" in r:
+            lines.append(f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} {r['ppl']:>10.4f} {r['kl']:>10.5f}")
+        else:
+            lines.append(f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} fidelity {r['fidelity']:.5f}")
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .search.solution import Solution
+
+    sol = Solution.load(args.plan)
+    print(sol.summary())
+    if args.units:
+        print(sol.to_frame().to_string(index=False))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .models import names as model_names
+    from .search.api import KINDS, available
+
+    for kind in KINDS:
+        print(f"{kind}s: {', '.join(available(kind))}")
+    print(f"models: {', '.join(model_names())} (or a local Hugging Face model folder)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bitalloc", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"bitalloc {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="estimate sensitivities and solve for a plan")
+    s.add_argument("--model", required=True, help="built-in name (smollm2-135m, minilm-l6) or folder")
+    s.add_argument("--avg-bits", type=float, help="budget: effective bits per weight")
+    s.add_argument("--bytes", type=float, help="budget: total bytes of the searched weights")
+    s.add_argument("--formats", default="int2-g64,int3-g64,int4-g64,int8-g64",
+                   help="comma-separated format keys (default: %(default)s)")
+    s.add_argument("--estimator", default="layer_error")
+    s.add_argument("--solver", default="ilp")
+    s.add_argument("--tie", default="auto", help="'auto', 'none' or comma-separated regexes")
+    s.add_argument("--include", nargs="*", help="unit patterns to keep (glob or re:REGEX)")
+    s.add_argument("--exclude", nargs="*", help="unit patterns to drop (default: embeddings, lm_head)")
+    s.add_argument("--n-samples", type=int, default=32, help="calibration windows (0 = none)")
+    s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-cache", action="store_true", help="recompute the sensitivity table")
+    s.add_argument("--table", help="also write the sensitivity table (.npz)")
+    s.add_argument("--out", default="plan.json", help="plan file to write (default: %(default)s)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("eval", help="perplexity/KL of a plan vs the reference and uniform RTN")
+    e.add_argument("plan")
+    e.add_argument("--model", help="override the model named in the plan")
+    e.add_argument("--text", help="evaluate on this text file instead of held-out Wikipedia")
+    e.add_argument("--windows", type=int, default=16, help="number of held-out windows")
+    e.add_argument("--seq-len", type=int, default=512)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_eval)
+
+    sh = sub.add_parser("show", help="summarise a plan")
+    sh.add_argument("plan")
+    sh.add_argument("--units", action="store_true", help="list every unit")
+    sh.set_defaults(func=cmd_show)
+
+    ls = sub.add_parser("list", help="registered estimators, solvers, backends and models")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (CliError, ValueError, TypeError) as e:
+        print(f"bitalloc {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Facades: ``estimate``, ``solve``, ``apply``, ``search`` and ``available``.
+
+The only module in ``search/`` that reaches into the other folders; it does so inside the
+functions so ``import bitalloc`` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .budget import Budget
+from .calibration import Calibration, as_calibration
+from .formats import QuantFormat
+from .solution import Solution
+from .space import SearchSpace
+from .table import SensitivityTable
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..backends.base import AppliedPlan
+
+log = logging.getLogger(__name__)
+DEFAULT_FORMATS = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
+KINDS = ("estimator", "solver", "backend")
+
+
+def available(kind: str) -> tuple[str, ...]:
+    """Registered names for ``kind`` in ``("estimator", "solver", "backend")``."""
+    return _registry(kind).names()
+
+
+def _registry(kind: str) -> Any:
+    if kind == "estimator":
+        from ..sensitivity import ESTIMATORS
+
+        return ESTIMATORS
+    if kind == "solver":
+        from ..solvers import SOLVERS
+
+        return SOLVERS
+    if kind == "backend":
+        from ..backends import BACKENDS
+
+        return BACKENDS
+    raise ValueError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+
+
+def estimate(
+    model: nn.Module, space: SearchSpace, calib: Calibration | Sequence[Any] | None = None,
+    method: Any = "layer_error", *, cache_dir: str | os.PathLike[str] | None = None,
+    callback: Any = None, **options: Any,
+) -> SensitivityTable:
+    """Score every (unit, format) pair of ``space`` with an estimator.
+
+    Args:
+        model: the network whose units ``space`` names.
+        space: the search space.
+        calib: calibration batches (required by data-aware estimators).
+        method: a registered estimator name (``bitalloc.available("estimator")``) or instance.
+        cache_dir: when given, tables are cached there keyed by estimator options, model,
+            calibration and space fingerprints; a second call loads instead of recomputing.
+        callback: ``callback(done, total, description)`` progress reports.
+        **options: estimator options (its dataclass fields) when ``method`` is a name.
+
+    Example:
+        >>> table = bitalloc.estimate(model, space, calib, method="layer_error")
+    """
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"`space` must be a SearchSpace, got {type(space).__name__}")
+    est = _registry("estimator").resolve(method, **options)
+    cal = as_calibration(calib) if calib is not None else None
+    if cal is None and getattr(est, "needs_calibration", False):
+        raise ValueError(f"estimator {type(est).name!r} needs `calib` (calibration batches)")
+    provenance = _provenance(model, cal)
+    path = None
+    if cache_dir is not None:
+        key = _cache_key(est, space, provenance)
+        path = Path(cache_dir) / "tables" / f"{type(est).name}-{key}.npz"
+        if path.exists():
+            log.info("sensitivity table cache hit: %s", path)
+            return SensitivityTable.load(path)
+    started = time.perf_counter()
+    table = est.estimate(model, space, cal, callback=callback)
+    meta = {**table.meta, **provenance, "estimate_time_s": round(time.perf_counter() - started, 3)}
+    table = SensitivityTable(space=table.space, values=table.values, estimator=table.estimator,
+                             meta=meta)
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def _provenance(model: Any, calib: Calibration | None) -> dict[str, Any]:
+    from .. import __version__
+    from ..models import fingerprint
+
+    meta: dict[str, Any] = {"bitalloc_version": __version__,
+                            "model": getattr(model, "bitalloc_name", type(model).__name__),
+                            "model_fingerprint": fingerprint(model)}
+    if calib is not None:
+        meta["calibration"] = {"name": calib.name, "batches": len(calib),
+                               "fingerprint": calib.fingerprint()}
+    return meta
+
+
+def _cache_key(est: Any, space: SearchSpace, provenance: dict[str, Any]) -> str:
+    import dataclasses
+
+    blob = json.dumps({"estimator": type(est).name, "options": dataclasses.asdict(est),
+                       "space": space.fingerprint(), "model": provenance["model_fingerprint"],
+                       "calib": provenance.get("calibration")}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def solve(table: SensitivityTable, budget: Budget | float, solver: Any = "ilp",
+          **options: Any) -> Solution:
+    """Pick one format per unit minimising the table's summed loss under ``budget``.
+
+    ``budget`` is a :class:`Budget` or a float meaning average bits. An infeasible budget gives
+    a Solution with status INFEASIBLE and the minimum achievable budget in its message.
+
+    Example:
+        >>> sol = bitalloc.solve(table, Budget.avg_bits(3.0), solver="ilp")
+    """
+    if not isinstance(table, SensitivityTable):
+        raise TypeError(f"`table` must be a SensitivityTable, got {type(table).__name__}")
+    return _registry("solver").resolve(solver, **options).solve(table, as_budget(budget))
+
+
+def as_budget(budget: Budget | float) -> Budget:
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        return Budget.avg_bits(float(budget))
+    raise TypeError(f"`budget` must be a Budget or a number of average bits, got {budget!r}")
+
+
+def apply(model: nn.Module, solution: Solution, backend: Any = "rtn", *,
+          calib: Calibration | Sequence[Any] | None = None, **options: Any) -> AppliedPlan:
+    """Quantize ``model`` in place per ``solution``; the handle's ``restore()`` undoes it."""
+    be = _registry("backend").resolve(backend, **options)
+    return be.apply(model, solution, calib=as_calibration(calib) if calib is not None else None)
+
+
+def search(
+    model: nn.Module, calib: Calibration | Sequence[Any] | None, budget: Budget | float, *,
+    formats: Sequence[str | QuantFormat] = DEFAULT_FORMATS, estimator: Any = "layer_error",
+    solver: Any = "ilp", include: Sequence[str] = (), exclude: Sequence[str] | None = None,
+    tie: Sequence[str] | str | None = "auto", cache_dir: str | os.PathLike[str] | None = None,
+    callback: Any = None,
+) -> Solution:
+    """One shot: discover the space, estimate sensitivities, solve under ``budget``.
+
+    Example:
+        >>> sol = bitalloc.search(model, calib, 3.0, estimator="layer_error", solver="ilp")
+    """
+    cal = as_calibration(calib) if calib is not None else None
+    example = cal.batches[0] if cal is not None else None
+    space = SearchSpace.from_model(model, formats, include=include, exclude=exclude, tie=tie,
+                                   example_input=example)
+    table = estimate(model, space, cal, estimator, cache_dir=cache_dir, callback=callback)
+    return solve(table, budget, solver)

@@ -1,0 +1,265 @@
+"""The search space: which units are searched and which formats each may take.
+
+A :class:`Unit` is one weight tensor found by its fully qualified name (FQN) from
+``model.named_modules()``. Units in the same tie group must take the same format (a fused
+runtime kernel such as q/k/v or gate/up reads them as one matrix).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .formats import QuantFormat, parse_formats
+
+if TYPE_CHECKING:
+    from torch import nn
+
+SPACE_VERSION = 1
+DEFAULT_EXCLUDE = ("re:(.*\\.)?lm_head", "re:(.*\\.)?(embed|wte|wpe|embeddings)(\\..*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One searchable weight.
+
+    Args:
+        name: FQN of the module owning the weight (``model.layers.0.self_attn.q_proj``).
+        shape: weight shape, ``(out_features, in_features[, kh, kw])``.
+        allowed: keys of the formats this unit may take (a subset of the space's formats).
+        tie: tie-group label; units sharing a label must share a format. ``None`` = free.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    allowed: tuple[str, ...]
+    tie: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "allowed": list(self.allowed),
+                "tie": self.tie}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Unit:
+        return cls(name=str(d["name"]), shape=tuple(int(s) for s in d["shape"]),
+                   allowed=tuple(str(a) for a in d["allowed"]), tie=d.get("tie"))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSpace:
+    """Units x formats. Column ``j`` of every table/cost matrix is ``formats[j]``.
+
+    Example:
+        >>> space = SearchSpace.from_model(model, ["int2-g128", "int4-g128"], tie="auto")
+        >>> space.mask.shape == (len(space), 2)
+        True
+    """
+
+    units: tuple[Unit, ...]
+    formats: tuple[QuantFormat, ...]
+
+    def __post_init__(self) -> None:
+        if not self.units:
+            raise ValueError("the search space is empty: no unit matched `include`/`exclude`")
+        names = [u.name for u in self.units]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate unit names in the search space")
+        keys = {f.key for f in self.formats}
+        for u in self.units:
+            bad = set(u.allowed) - keys
+            if bad:
+                raise ValueError(f"unit {u.name!r} allows formats {sorted(bad)} not in the space")
+            if not u.allowed:
+                raise ValueError(
+                    f"unit {u.name!r} (shape {u.shape}) can take none of the formats "
+                    f"{[f.key for f in self.formats]}; add a per-channel ('-pc') format or exclude it"
+                )
+        self._check_ties()
+
+    def _check_ties(self) -> None:
+        for label, members in self.tie_groups().items():
+            common = set(self.units[members[0]].allowed)
+            for i in members[1:]:
+                common &= set(self.units[i].allowed)
+            if not common:
+                raise ValueError(f"tie group {label!r} has no format allowed for all its units")
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.units)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.key for f in self.formats)
+
+    @property
+    def numel(self) -> int:
+        """Total number of weights over all units."""
+        return sum(u.numel for u in self.units)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Boolean ``[n_units, n_formats]``: True where the unit may take the format."""
+        col = {k: j for j, k in enumerate(self.keys)}
+        m = np.zeros((len(self.units), len(self.formats)), dtype=bool)
+        for i, u in enumerate(self.units):
+            m[i, [col[k] for k in u.allowed]] = True
+        return m
+
+    def nbytes_matrix(self) -> np.ndarray:
+        """Exact bytes ``[n_units, n_formats]`` (int64; 0 where not allowed)."""
+        mask = self.mask
+        out = np.zeros(mask.shape, dtype=np.int64)
+        for i, u in enumerate(self.units):
+            for j, f in enumerate(self.formats):
+                if mask[i, j]:
+                    out[i, j] = f.nbytes(u.shape)
+        return out
+
+    def index(self, name: str) -> int:
+        for i, u in enumerate(self.units):
+            if u.name == name:
+                return i
+        raise KeyError(name)
+
+    def tie_groups(self) -> dict[str, list[int]]:
+        """Tie label -> unit indices (only labels with at least one unit)."""
+        groups: dict[str, list[int]] = {}
+        for i, u in enumerate(self.units):
+            if u.tie is not None:
+                groups.setdefault(u.tie, []).append(i)
+        return groups
+
+    def fingerprint(self) -> str:
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": SPACE_VERSION, "formats": list(self.keys),
+                "units": [u.to_dict() for u in self.units]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
+        if not isinstance(d, Mapping) or "units" not in d or "formats" not in d:
+            raise ValueError("search space JSON needs 'units' and 'formats'")
+        return cls(units=tuple(Unit.from_dict(u) for u in d["units"]),
+                   formats=parse_formats(d["formats"]))
+
+    # ------------------------------------------------------------------ discovery
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        formats: Sequence[str | QuantFormat] | str,
+        *,
+        include: Sequence[str] | str = (),
+        exclude: Sequence[str] | str | None = None,
+        tie: Sequence[str] | str | None = None,
+        example_input: Any = None,
+    ) -> SearchSpace:
+        """Discover the units of ``model`` (every ``nn.Linear`` and ``nn.Conv{1,2,3}d``).
+
+        Args:
+            model: the network; units are named by ``model.named_modules()``.
+            formats: format keys or :class:`QuantFormat`; each unit allows those its shape
+                supports (``in_features % group_size == 0``).
+            include: patterns a unit must match (any); empty = all. ``"re:..."`` is a regex
+                (full match), anything else a glob such as ``"*.mlp.*"``.
+            exclude: patterns to drop; ``None`` = embeddings and ``lm_head``.
+            tie: ``"auto"`` (units that read the same input tensor in one forward pass share a
+                format; see :mod:`bitalloc.search.ties`) or regex patterns whose first capture
+                group is the tie key, e.g. ``r"re:(.*)\\.(q|k|v)_proj"``.
+            example_input: a batch for the ``tie="auto"`` forward pass (default: 8 random
+                token ids when the model has ``config.vocab_size``).
+        """
+        from torch import nn
+
+        fmts = parse_formats(formats)
+        inc = _patterns(include, "include")
+        exc = _patterns(DEFAULT_EXCLUDE if exclude is None else exclude, "exclude")
+        units: list[Unit] = []
+        for name, mod in model.named_modules():
+            if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                continue
+            if (inc and not _matches(name, inc)) or _matches(name, exc):
+                continue
+            shape = tuple(int(s) for s in mod.weight.shape)
+            allowed = tuple(f.key for f in fmts if f.supports(shape))
+            units.append(Unit(name=name, shape=shape, allowed=allowed))
+        if not units:
+            raise ValueError(
+                "the search space is empty: no nn.Linear/Conv module matched "
+                f"include={list(inc) or 'all'} exclude={list(exc)}"
+            )
+        labels = _tie_labels(model, [u.name for u in units], tie, example_input)
+        units = [Unit(u.name, u.shape, u.allowed, labels.get(u.name)) for u in units]
+        return cls(units=tuple(units), formats=fmts)
+
+    def restrict(self, names: Iterable[str]) -> SearchSpace:
+        """A sub-space with only ``names`` (order kept)."""
+        keep = set(names)
+        return SearchSpace(units=tuple(u for u in self.units if u.name in keep),
+                           formats=self.formats)
+
+
+def _patterns(value: Sequence[str] | str, arg: str) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for p in items:
+        if not isinstance(p, str):
+            raise TypeError(f"`{arg}` patterns must be strings, got {type(p).__name__}")
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as e:
+                raise ValueError(f"`{arg}` pattern {p!r} is not a valid regex: {e}") from None
+    return items
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    for p in patterns:
+        if p.startswith("re:"):
+            if re.fullmatch(p[3:], name):
+                return True
+        elif fnmatch.fnmatchcase(name, p):
+            return True
+    return False
+
+
+def _tie_labels(model: nn.Module, names: list[str], tie: Any, example: Any) -> dict[str, str]:
+    if tie is None or tie == () or tie == []:
+        return {}
+    if tie == "auto":
+        from .ties import shared_input_groups
+
+        groups = shared_input_groups(model, names, example)
+        return {n: g[0] for g in groups if len(g) > 1 for n in g}
+    labels: dict[str, str] = {}
+    for k, p in enumerate(_patterns(tie, "tie")):
+        rx = re.compile(p[3:] if p.startswith("re:") else p)
+        if rx.groups < 1:
+            raise ValueError(f"`tie` pattern {p!r} needs a capture group that names the group")
+        for n in names:
+            m = rx.fullmatch(n)
+            if m and n not in labels:
+                labels[n] = f"tie{k}:{m.group(1)}"
+    counts: dict[str, int] = {}
+    for lab in labels.values():
+        counts[lab] = counts.get(lab, 0) + 1
+    return {n: lab for n, lab in labels.items() if counts[lab] > 1}

@@ -1,0 +1,69 @@
+"""The Estimator protocol and helpers shared by estimators.
+
+``Estimator.estimate(model, space, calib) -> SensitivityTable``: ``values[i, j]`` predicts the
+loss increase when unit ``i`` alone is stored in format ``j``; solvers assume the increases add
+up over units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from ..search.formats import QuantFormat
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..search.calibration import Calibration
+    from ..search.space import SearchSpace
+    from ..search.table import SensitivityTable
+
+Progress = Callable[[int, int, str], None]
+"""``callback(done, total, description)`` for progress reporting."""
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """Scores every allowed (unit, format) pair of a search space."""
+
+    name: ClassVar[str]
+    needs_calibration: ClassVar[bool]
+
+    def estimate(
+        self, model: nn.Module, space: SearchSpace, calib: Calibration | None,
+        *, callback: Progress | None = None,
+    ) -> SensitivityTable:
+        ...
+
+
+def unit_modules(model: nn.Module, space: SearchSpace) -> dict[str, nn.Module]:
+    """Map unit names to modules, checking the shapes match the space."""
+    modules = dict(model.named_modules())
+    out = {}
+    for u in space.units:
+        mod = modules.get(u.name)
+        weight = getattr(mod, "weight", None)
+        if mod is None or weight is None:
+            raise ValueError(f"unit {u.name!r} of the search space is not a module with a weight")
+        if tuple(weight.shape) != u.shape:
+            raise ValueError(
+                f"unit {u.name!r}: model weight shape {tuple(weight.shape)} != space shape {u.shape}"
+            )
+        out[u.name] = mod
+    return out
+
+
+def weight_delta(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """``Q(W) - W`` in float32 for format ``fmt`` (round-to-nearest reference quantizer)."""
+    from ..kernels.reference import fake_quantize
+
+    wf = w.detach().float()
+    return fake_quantize(wf, fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind) - wf
+
+
+def options(estimator: Any) -> dict[str, Any]:
+    """The estimator's options (its dataclass fields)."""
+    return dataclasses.asdict(estimator) if dataclasses.is_dataclass(estimator) else {}

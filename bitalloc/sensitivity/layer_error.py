@@ -1,0 +1,141 @@
+"""Layer-output error: ``cost(l, f) = tr(dW_l H_l dW_l^T) / N``, ``H_l = sum_t x_t x_t^T``.
+
+``dW = Q_f(W) - W`` and ``x_t`` runs over the ``N`` calibration tokens entering layer ``l``,
+so the cost is the mean squared error ``||dW x||^2`` of the layer's output per token, the
+objective GPTQ/OBC minimise (Frantar & Alistarh, "Optimal Brain Compression", NeurIPS 2022,
+eq. 1; Frantar et al., "GPTQ", ICLR 2023, eq. 1) and EvoPress's per-layer error database
+(arXiv 2410.14649). One forward pass collects every ``H_l``; each format then costs one
+quantization and one ``[N_out, K] @ [K, K]`` product, with no further data passes.
+Layers reading the same input tensor (q/k/v, gate/up) share one ``H``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..search.table import SensitivityTable
+from . import ESTIMATORS
+from .base import Progress, options, unit_modules, weight_delta
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..search.calibration import Calibration
+    from ..search.space import SearchSpace
+
+
+@ESTIMATORS.register("layer_error")
+@dataclass(frozen=True, slots=True)
+class LayerErrorEstimator:
+    """Output-space error of each layer under each format, from calibration activations.
+
+    Args:
+        normalize: divide by ``tr(W H W^T)`` (normalised MSE, EvoPress) instead of raw MSE.
+    """
+
+    name: ClassVar[str]
+    needs_calibration: ClassVar[bool] = True
+    normalize: bool = False
+
+    def estimate(
+        self, model: nn.Module, space: SearchSpace, calib: Calibration | None,
+        *, callback: Progress | None = None,
+    ) -> SensitivityTable:
+        import torch
+
+        if calib is None:
+            raise ValueError("`calib` is required for the layer_error estimator")
+        started = time.perf_counter()
+        modules = unit_modules(model, space)
+        for name, mod in modules.items():
+            if not isinstance(mod, torch.nn.Linear):
+                raise ValueError(f"layer_error supports nn.Linear units only; {name!r} is "
+                                 f"{type(mod).__name__} (use weight_error or exclude it)")
+        hessians, tokens = collect_hessians(model, modules, calib, callback)
+        values = np.full((len(space), len(space.formats)), np.inf)
+        mask = space.mask
+        with torch.no_grad():
+            for i, u in enumerate(space.units):
+                w = modules[u.name].weight
+                h = hessians[u.name].float()
+                n_tokens = tokens[u.name]
+                denom = float(_quad(w.detach().float(), h)) if self.normalize else 1.0
+                for j, fmt in enumerate(space.formats):
+                    if mask[i, j]:
+                        dw = weight_delta(w, fmt)
+                        values[i, j] = float(_quad(dw, h)) / n_tokens / max(denom, 1e-30)
+                if callback is not None:
+                    callback(i + 1, len(space), "layer error")
+        meta = {"options": options(self), "n_tokens": max(tokens.values()),
+                "time_s": round(time.perf_counter() - started, 3)}
+        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
+
+
+def _quad(dw: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``tr(dW H dW^T)`` without forming the product's trace explicitly."""
+    import torch
+
+    return ((dw @ h) * dw).sum(dtype=torch.float64)
+
+
+def collect_hessians(
+    model: nn.Module, modules: dict[str, nn.Module], calib: Calibration,
+    callback: Progress | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Accumulate ``H = sum_t x_t x_t^T`` (float64) for every module over all batches.
+
+    Returns ``(H per module name, tokens seen per module name)``. Modules fed the same tensor share the
+    same ``H`` object. Raises ``ValueError`` on NaN/inf activations.
+    """
+    import torch
+
+    acc: dict[str, torch.Tensor] = {}
+    leader: dict[str, str] = {}  # module -> module whose accumulator it shares
+    state: dict[str, Any] = {"memo": {}, "keep": [], "tokens": {}}
+
+    def hook(name: str):  # noqa: ANN202 - closure factory
+        def fn(_mod: Any, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+            state["keep"].append(x)  # pins the address so the key stays unique in this batch
+            first = state["memo"].setdefault(key, name)
+            if name not in leader:
+                leader[name] = first
+            elif leader[name] != leader.get(first, first):
+                raise RuntimeError(f"input sharing of {name!r} changed between batches")
+            if first != name:
+                return
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
+            if not torch.isfinite(flat).all():
+                raise ValueError(f"non-finite (NaN/inf) activations enter {name!r}")
+            xtx = (flat.T @ flat).double()
+            if name in acc:
+                acc[name] += xtx
+            else:
+                acc[name] = xtx
+            state["tokens"][name] = state["tokens"].get(name, 0) + flat.shape[0]
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            for b, batch in enumerate(calib.batches):
+                state["memo"], state["keep"] = {}, []
+                calib.forward(model, batch)
+                if callback is not None:
+                    callback(b + 1, len(calib.batches), "calibration forward")
+    finally:
+        for h in handles:
+            h.remove()
+        state["keep"] = []
+    missing = [n for n in modules if n not in leader]
+    if missing:
+        raise ValueError(f"calibration forward never reached units {missing[:5]}")
+    return ({n: acc[leader[n]] for n in modules},
+            {n: int(state["tokens"][leader[n]]) for n in modules})

@@ -1,0 +1,56 @@
+"""Data-free weight error: ``cost(l, f) = ||Q_f(W_l) - W_l||_F^2``.
+
+The baseline every data-aware estimator must beat (it is the HAWQ-V2 score with a unit
+Hessian trace; Dong et al., NeurIPS 2020, eq. 2).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from ..search.table import SensitivityTable
+from . import ESTIMATORS
+from .base import Progress, options, unit_modules, weight_delta
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..search.calibration import Calibration
+    from ..search.space import SearchSpace
+
+
+@ESTIMATORS.register("weight_error")
+@dataclass(frozen=True, slots=True)
+class WeightErrorEstimator:
+    """Squared Frobenius norm of the round-to-nearest weight perturbation.
+
+    Args:
+        normalize: divide by ``||W||_F^2`` (relative error) instead of the raw sum.
+    """
+
+    name: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False
+    normalize: bool = False
+
+    def estimate(
+        self, model: nn.Module, space: SearchSpace, calib: Calibration | None = None,
+        *, callback: Progress | None = None,
+    ) -> SensitivityTable:
+        started = time.perf_counter()
+        modules = unit_modules(model, space)
+        values = np.full((len(space), len(space.formats)), np.inf)
+        mask = space.mask
+        for i, u in enumerate(space.units):
+            w = modules[u.name].weight
+            denom = float(w.detach().float().pow(2).sum()) if self.normalize else 1.0
+            for j, fmt in enumerate(space.formats):
+                if mask[i, j]:
+                    values[i, j] = float(weight_delta(w, fmt).pow(2).sum()) / max(denom, 1e-30)
+            if callback is not None:
+                callback(i + 1, len(space), "weight error")
+        meta = {"options": options(self), "time_s": round(time.perf_counter() - started, 3)}
+        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)

@@ -1,0 +1,139 @@
+"""Estimator contract (every registered estimator) and layer_error against a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bitalloc import SearchSpace, estimate
+from bitalloc.kernels import fake_quantize
+from bitalloc.search.calibration import Calibration
+from bitalloc.sensitivity import ESTIMATORS
+
+FORMATS = ["int2-g32", "int3-g32", "int4-g32", "int8-g32"]
+
+
+def toy_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.GELU(),
+                         nn.Linear(64, 32)).eval()
+
+
+def mlp_calib(n: int = 3) -> Calibration:
+    gen = torch.Generator().manual_seed(5)
+    return Calibration(batches=tuple(torch.randn(4, 16, 64, generator=gen) for _ in range(n)),
+                       forward=lambda m, b: m(b))
+
+
+@pytest.fixture(params=ESTIMATORS.names())
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+class TestEstimatorContract:
+    def test_shape_finite_and_monotone_in_bits(self, name: str) -> None:
+        model, calib = toy_mlp(), mlp_calib()
+        space = SearchSpace.from_model(model, FORMATS)
+        table = estimate(model, space, calib, name)
+        assert table.values.shape == (3, 4)
+        assert np.isfinite(table.values).all() and (table.values >= 0).all()
+        assert (np.diff(table.values, axis=1) <= 0).all(), "more bits must not cost more"
+        assert table.estimator == name and "model_fingerprint" in table.meta
+
+    def test_deterministic(self, name: str) -> None:
+        model, calib = toy_mlp(), mlp_calib()
+        space = SearchSpace.from_model(model, FORMATS)
+        a = estimate(model, space, calib, name).values
+        b = estimate(model, space, calib, name).values
+        assert np.array_equal(a, b)
+
+    def test_masked_formats_are_inf(self, name: str) -> None:
+        model = nn.Sequential(nn.Linear(48, 8), nn.Linear(8, 4)).eval()
+        calib = Calibration(batches=(torch.randn(2, 48),), forward=lambda m, b: m(b))
+        space = SearchSpace.from_model(model, ["int4-g16", "int8-pc"])
+        values = estimate(model, space, calib, name).values
+        assert np.isinf(values[1, 0]) and np.isfinite(values[0]).all() and np.isfinite(values[1, 1])
+
+
+def test_layer_error_equals_direct_output_error() -> None:
+    model, calib = toy_mlp(), mlp_calib()
+    space = SearchSpace.from_model(model, FORMATS)
+    table = estimate(model, space, calib, "layer_error")
+    # direct: mean over tokens of ||(Q(W) - W) x||^2 at the first layer
+    x = torch.cat([b.reshape(-1, 64) for b in calib.batches]).double()
+    w = model[0].weight.detach()
+    for j, (bits, gs) in enumerate([(2, 32), (3, 32), (4, 32), (8, 32)]):
+        dw = (fake_quantize(w, bits, gs) - w).double()
+        direct = float((x @ dw.T).pow(2).sum(dim=1).mean())
+        assert table.values[0, j] == pytest.approx(direct, rel=1e-4)
+
+
+def test_layer_error_shares_hessian_of_fused_inputs(tiny_llama, tiny_calib) -> None:
+    from bitalloc.sensitivity.base import unit_modules
+    from bitalloc.sensitivity.layer_error import collect_hessians
+
+    space = SearchSpace.from_model(tiny_llama, FORMATS)
+    hess, tokens = collect_hessians(tiny_llama, unit_modules(tiny_llama, space), tiny_calib)
+    q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
+    assert hess[q] is hess[k]
+    assert hess[q] is not hess["model.layers.0.self_attn.o_proj"]
+    assert tokens[q] == 4 * 32
+
+
+def test_weight_error_is_data_free_and_exact() -> None:
+    model = toy_mlp()
+    space = SearchSpace.from_model(model, ["int3-g32"])
+    table = estimate(model, space, None, "weight_error")
+    w = model[2].weight.detach()
+    assert table.values[1, 0] == pytest.approx(float((fake_quantize(w, 3, 32) - w).pow(2).sum()))
+
+
+def test_layer_error_needs_calibration() -> None:
+    model = toy_mlp()
+    space = SearchSpace.from_model(model, FORMATS)
+    with pytest.raises(ValueError, match="needs `calib`"):
+        estimate(model, space, None, "layer_error")
+
+
+def test_nan_activations_are_reported() -> None:
+    model = toy_mlp()
+    space = SearchSpace.from_model(model, FORMATS)
+    bad = torch.randn(2, 8, 64)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        estimate(model, space, Calibration(batches=(bad,), forward=lambda m, b: m(b)), "layer_error")
+
+
+def test_space_mismatch_is_reported() -> None:
+    space = SearchSpace.from_model(toy_mlp(), FORMATS)
+    other = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 32))
+    with pytest.raises(ValueError, match="shape"):
+        estimate(other, space, None, "weight_error")
+
+
+def test_unknown_estimator_and_option() -> None:
+    model = toy_mlp()
+    space = SearchSpace.from_model(model, FORMATS)
+    with pytest.raises(ValueError, match="unknown estimator 'fishr'; available"):
+        estimate(model, space, None, "fishr")
+    with pytest.raises(ValueError, match="unknown option"):
+        estimate(model, space, None, "weight_error", probes=3)
+
+
+def test_cache_hit_skips_recompute(tmp_path, monkeypatch) -> None:
+    model, calib = toy_mlp(), mlp_calib()
+    space = SearchSpace.from_model(model, FORMATS)
+    first = estimate(model, space, calib, "layer_error", cache_dir=tmp_path)
+    assert len(list((tmp_path / "tables").glob("*.npz"))) == 1
+    from bitalloc.sensitivity.layer_error import LayerErrorEstimator
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed despite cache")
+
+    monkeypatch.setattr(LayerErrorEstimator, "estimate", boom)
+    again = estimate(model, space, calib, "layer_error", cache_dir=tmp_path)
+    assert np.array_equal(first.values, again.values)
+    with pytest.raises(AssertionError, match="recomputed"):  # other calibration -> miss
+        estimate(model, space, mlp_calib(2), "layer_error", cache_dir=tmp_path)
