@@ -29,7 +29,6 @@ _LAZY = {
     "estimate": "bitalloc.search.api",
     "solve": "bitalloc.search.api",
     "apply": "bitalloc.search.api",
-    "search": "bitalloc.search.api",
 }
 _SUBMODULES = ("models", "data", "sensitivity", "solvers", "backends", "kernels", "search")
 

@@ -30,6 +30,12 @@ def tiny_llama():
 
 
 @pytest.fixture
+def make_llama():
+    """Factory ``make_llama(seed=0, layers=2)`` for tests that need several models."""
+    return make_tiny_llama
+
+
+@pytest.fixture
 def tiny_calib():
     import torch
 

@@ -151,9 +151,12 @@ class Solution:
             space = SearchSpace.from_dict(d["space"])
             assignment = d["assignment"]
             status = Status(d["status"])
-            if set(assignment) != set(space.names):
+            if status is Status.INFEASIBLE and not assignment:
+                choice: tuple[str, ...] = ()  # an infeasible plan has no assignment
+            elif set(assignment) != set(space.names):
                 raise ValueError("plan assignment and space name different units")
-            choice = tuple(str(assignment[n]) for n in space.names)
+            else:
+                choice = tuple(str(assignment[n]) for n in space.names)
             obj = d.get("objective")
             return cls(space=space, choice=choice, status=status,
                        objective=math.nan if obj is None else float(obj),

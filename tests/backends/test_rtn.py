@@ -40,10 +40,8 @@ def test_context_manager_restores(tiny_llama) -> None:
     assert torch.equal(tiny_llama.model.layers[1].mlp.down_proj.weight, w0)
 
 
-def test_mismatched_plan_is_refused_without_touching_the_model(tiny_llama) -> None:
-    from conftest import make_tiny_llama
-
-    bigger = make_tiny_llama(layers=3)
+def test_mismatched_plan_is_refused_without_touching_the_model(tiny_llama, make_llama) -> None:
+    bigger = make_llama(layers=3)
     sol = plan_for(bigger)
     before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
     with pytest.raises(ValueError, match="plan does not match the model: model.layers.2"):

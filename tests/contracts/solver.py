@@ -1,0 +1,182 @@
+"""Contract every registered solver satisfies; subclass :class:`SolverContract` to run it.
+
+The suite is parametrised over ``SOLVERS.names()``, so a newly registered solver is tested
+automatically. Solvers whose class sets ``exact = True`` must match the brute-force optimum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bitalloc.search.budget import Budget
+from bitalloc.search.formats import QuantFormat
+from bitalloc.search.problem import Problem
+from bitalloc.search.solution import Solution, Status
+from bitalloc.search.space import SearchSpace, Unit
+from bitalloc.search.table import SensitivityTable
+from bitalloc.solvers import SOLVERS, Solver
+from bitalloc.solvers.brute_force import BruteForceSolver
+
+FORMATS4 = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
+FORMATS5 = (*FORMATS4, "bf16")
+
+
+def random_table(seed: int, n_units: int = 7, formats: Sequence[str] = FORMATS5, *,
+                 mask_prob: float = 0.15, ties: Sequence[int] = (2,),
+                 keep_first: bool = True) -> SensitivityTable:
+    """A random table: shapes multiples of 64, values ~ sensitivity * 4**-bits * noise.
+
+    ``ties`` gives the sizes of tie groups formed from the first units. ``mask_prob`` drops
+    formats at random (``keep_first`` keeps ``formats[0]`` allowed everywhere, so a uniform
+    plan always exists); tie groups always keep one common format.
+    """
+    rng = np.random.default_rng(seed)
+    fmts = [QuantFormat.parse(f) for f in formats]
+    labels: list[str | None] = []
+    for t, size in enumerate(ties):
+        labels += [f"t{t}"] * size
+    labels += [None] * (n_units - len(labels))
+    common = {lab: int(rng.integers(len(fmts))) for lab in sorted({x for x in labels if x})}
+    units = []
+    for i, lab in enumerate(labels[:n_units]):
+        shape = (64 * int(rng.integers(1, 5)), 64 * int(rng.integers(1, 5)))
+        keep = rng.random(len(fmts)) >= mask_prob
+        keep[0] |= keep_first
+        if lab is not None:
+            keep[common[lab]] = True
+        if not keep.any():
+            keep[int(rng.integers(len(fmts)))] = True
+        allowed = tuple(f.key for f, k in zip(fmts, keep) if k)
+        units.append(Unit(name=f"layer{i}.proj", shape=shape, allowed=allowed, tie=lab))
+    space = SearchSpace(units=tuple(units), formats=tuple(fmts))
+    sens = rng.lognormal(0.0, 1.0, size=n_units)
+    bits = np.array([f.bits for f in fmts], dtype=np.float64)
+    values = sens[:, None] * 4.0 ** -bits[None, :] * rng.lognormal(0.0, 0.3, (n_units, len(fmts)))
+    values = np.where(space.mask, values, np.inf)
+    return SensitivityTable(space=space, values=values, estimator="random", meta={"seed": seed})
+
+
+def budget_between(table: SensitivityTable, frac: float, *,
+                   uniform_feasible: bool = True) -> Budget:
+    """An avg-bits budget at ``frac`` of the way from the minimum to the maximum cost."""
+    p = Problem.build(table, Budget.avg_bits(32.0))
+    lo = p.min_cost()
+    if uniform_feasible:
+        common = p.allowed.all(axis=0)
+        if common.any():
+            lo = max(lo, float(np.where(p.allowed, p.costs, 0).sum(axis=0)[common].min()))
+    bits = (lo + frac * (p.max_cost() - lo)) / table.space.numel
+    return Budget.avg_bits(bits)
+
+
+def oracle(table: SensitivityTable, budget: Budget) -> Solution:
+    return BruteForceSolver().solve(table, budget)
+
+
+class SolverContract:
+    """Properties every registered solver must have. Override :meth:`options` for extras."""
+
+    seeds: Sequence[int] = tuple(range(6))
+    fractions: Sequence[float] = (0.0, 0.1, 0.35, 0.7, 1.0, 1.2)
+
+    @pytest.fixture(params=SOLVERS.names())
+    def solver_name(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    def options(self, name: str) -> dict[str, Any]:
+        """Constructor options for solver ``name`` in these tests (defaults)."""
+        return {}
+
+    def make(self, name: str) -> Any:
+        return SOLVERS.get(name, **self.options(name))
+
+    def test_protocol_and_options(self, solver_name: str) -> None:
+        """A frozen dataclass whose fields are its options; implements the Solver protocol."""
+        solver = self.make(solver_name)
+        assert isinstance(solver, Solver) and type(solver).name == solver_name
+        assert dataclasses.is_dataclass(solver)
+        assert SOLVERS.get(solver_name, **dataclasses.asdict(solver)) == solver
+        fields = dataclasses.fields(solver)
+        if fields:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(solver, fields[0].name, None)
+        assert type(solver).__doc__ and len(type(solver).__doc__ or "") > 100
+
+    def test_budget_respected_and_complete(self, solver_name: str) -> None:
+        solver = self.make(solver_name)
+        for seed in self.seeds:
+            table = random_table(seed)
+            for frac in self.fractions:
+                budget = budget_between(table, frac)
+                sol = solver.solve(table, budget)
+                assert sol.status in (Status.OPTIMAL, Status.FEASIBLE, Status.LIMIT), sol.message
+                assert budget.residual(sol) >= 0
+                assert len(sol.choice) == len(table.space)
+                assert all(k in u.allowed for u, k in zip(table.space.units, sol.choice))
+                assert math.isclose(sol.objective, _objective(table, sol), rel_tol=1e-12)
+                assert sol.meta["solver"] == solver_name
+
+    def test_ties_honoured(self, solver_name: str) -> None:
+        solver = self.make(solver_name)
+        for seed in self.seeds:
+            table = random_table(seed, n_units=8, ties=(3, 2), mask_prob=0.3)
+            sol = solver.solve(table, budget_between(table, 0.4))
+            for members in table.space.tie_groups().values():
+                assert len({sol.choice[i] for i in members}) == 1
+
+    def test_infeasible_is_a_result(self, solver_name: str) -> None:
+        table = random_table(0)
+        problem = Problem.build(table, Budget.avg_bits(32.0))
+        min_bits = problem.min_cost() / table.space.numel
+        sol = self.make(solver_name).solve(table, Budget.avg_bits(0.9 * min_bits))
+        assert sol.status is Status.INFEASIBLE and sol.choice == ()
+        assert f"{min_bits:.6g}" in sol.message
+        min_bytes = problem.min_cost() / 8
+        sol = self.make(solver_name).solve(table, Budget.bytes(min_bytes - 1))
+        assert sol.status is Status.INFEASIBLE and f"{min_bytes:.6g}" in sol.message
+
+    def test_exact_minimum_budget(self, solver_name: str) -> None:
+        """A budget equal to the cheapest plan's bytes is feasible (no tolerance slack)."""
+        table = random_table(3)
+        nbytes = Problem.build(table, Budget.avg_bits(32.0)).min_cost() / 8
+        sol = self.make(solver_name).solve(table, Budget.bytes(nbytes))
+        assert sol.success and sol.nbytes == nbytes
+
+    def test_deterministic(self, solver_name: str) -> None:
+        table = random_table(11, n_units=8)
+        budget = budget_between(table, 0.3)
+        a = self.make(solver_name).solve(table, budget)
+        b = self.make(solver_name).solve(table, budget)
+        assert a.choice == b.choice and a.objective == b.objective and a.status == b.status
+
+    def test_not_better_than_optimum(self, solver_name: str) -> None:
+        solver = self.make(solver_name)
+        exact = getattr(type(solver), "exact", False)
+        for seed in range(10):
+            table = random_table(100 + seed, n_units=7, formats=FORMATS4, mask_prob=0.2,
+                                 ties=(2,) if seed % 2 else ())
+            budget = budget_between(table, 0.15 + 0.07 * seed)
+            best = oracle(table, budget)
+            sol = solver.solve(table, budget)
+            assert sol.objective >= best.objective * (1 - 1e-12)
+            if exact:
+                assert sol.status is Status.OPTIMAL
+                assert math.isclose(sol.objective, best.objective, rel_tol=1e-9), seed
+
+    def test_rejects_wrong_types(self, solver_name: str) -> None:
+        table = random_table(0)
+        with pytest.raises(TypeError, match="budget"):
+            self.make(solver_name).solve(table, 3.0)
+        with pytest.raises(TypeError, match="table"):
+            self.make(solver_name).solve(table.values, Budget.avg_bits(3.0))
+
+
+def _objective(table: SensitivityTable, sol: Solution) -> float:
+    cols = [table.space.keys.index(k) for k in sol.choice]
+    return float(sum(table.values[i, j] for i, j in enumerate(cols)))

@@ -1,0 +1,98 @@
+"""The ``bitalloc`` command on a local tiny model folder: happy paths and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitalloc.cli import main
+
+FORMATS = "int2-g32,int3-g32,int4-g32,int8-g32"
+
+
+def search_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["search", "--model", str(model), "--formats", FORMATS, "--n-samples", "4",
+            "--seq-len", "32", "--out", str(out), "--no-cache", "-q", *extra]
+
+
+@pytest.fixture(scope="module")
+def plan(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("plans") / "plan.json"
+    assert main(search_args(tiny_model_dir, out, "--avg-bits", "3.75")) == 0
+    return out
+
+
+def test_search_writes_a_plan_within_budget(plan: Path) -> None:
+    data = json.loads(plan.read_text())
+    assert data["status"] == "optimal" and data["avg_bits"] <= 3.75
+    assert data["meta"]["estimator"] == "layer_error" and data["meta"]["solver"] == "ilp"
+
+
+def test_show_and_list(plan: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(plan), "--units"]) == 0
+    out = capsys.readouterr().out
+    assert "status: optimal" in out and "model.layers.1.mlp.down_proj" in out
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "solvers:" in out and "ilp" in out and "layer_error" in out and "smollm2-135m" in out
+
+
+def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "user.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog near the river bank. " * 40)
+    assert main(["eval", str(plan), "--json", "--windows", "2", "--seq-len", "32",
+                 "--text", str(text), "-q"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("reference", "plan", "uniform"):
+        assert {"avg_bits", "ppl", "kl"} <= set(res[key])
+    assert res["uniform"]["format"] == "int3-g32"
+    assert res["uniform"]["avg_bits"] <= res["plan"]["avg_bits"] <= 3.75
+    assert res["reference"]["kl"] == 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--avg-bits", "1.0"], "below the minimum achievable"),
+    (["--avg-bits", "12"], "above the maximum"),
+    (["--avg-bits", "3", "--formats", "int4-g128x"], "unknown format key"),
+    (["--avg-bits", "3", "--solver", "mip"], "unknown solver 'mip'"),
+    (["--avg-bits", "3", "--include", "nothing.matches"], "search space is empty"),
+    ([], "exactly one of --avg-bits or --bytes"),
+])
+def test_search_bad_input_exits_2_and_writes_nothing(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    extra: list[str], message: str,
+) -> None:
+    out = tmp_path / "plan.json"
+    args = search_args(tiny_model_dir, out)
+    if "--formats" in extra:
+        i = args.index("--formats")
+        del args[i:i + 2]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_eval_rejects_corrupt_and_mismatched_plans(
+    plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(plan.read_text()[:200])
+    assert main(["eval", str(corrupt)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    data = json.loads(plan.read_text())
+    data["space"]["units"][0]["shape"] = [7, 64]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(data))
+    assert main(["eval", str(wrong), "--windows", "1", "--seq-len", "32", "-q"]) == 2
+    assert "plan does not match the model" in capsys.readouterr().err
+    assert main(["show", str(tmp_path / "missing.json")]) == 2
+
+
+def test_console_script_entry_point(plan: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bitalloc", "show", str(plan)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and "avg bits" in out.stdout
