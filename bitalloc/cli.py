@@ -51,7 +51,9 @@ def _load_model(name: str) -> tuple[Any, Any]:
 
     started = time.perf_counter()
     model, tok = load(name)
-    logging.getLogger("bitalloc").info("model %s loaded in %.1f s", name, time.perf_counter() - started)
+    logging.getLogger("bitalloc").info(
+        "model %s loaded in %.1f s", name, time.perf_counter() - started
+    )
     return model, tok
 
 
@@ -60,7 +62,9 @@ def _budget(args: argparse.Namespace) -> Any:
 
     if (args.avg_bits is None) == (args.bytes is None):
         raise CliError("give exactly one of --avg-bits or --bytes")
-    return Budget.avg_bits(args.avg_bits) if args.avg_bits is not None else Budget.bytes(args.bytes)
+    return (
+        Budget.avg_bits(args.avg_bits) if args.avg_bits is not None else Budget.bytes(args.bytes)
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -69,8 +73,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search.api import available, estimate, solve
     from .search.formats import parse_formats
     from .search.problem import Problem
-    from .search.space import SearchSpace
     from .search.solution import Status
+    from .search.space import SearchSpace
 
     budget = _budget(args)
     formats = parse_formats(args.formats)
@@ -78,19 +82,33 @@ def cmd_search(args: argparse.Namespace) -> int:
         if name not in available(kind):
             raise CliError(f"unknown {kind} {name!r}; available: {', '.join(available(kind))}")
     model, tok = _load_model(args.model)
-    calib = calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
+    calib = (
+        calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
+    )
     tie = None if args.tie == "none" else ("auto" if args.tie == "auto" else args.tie.split(","))
-    space = SearchSpace.from_model(model, formats, include=args.include or (),
-                                   exclude=args.exclude, tie=tie,
-                                   example_input=calib.batches[0] if calib else None)
-    table = estimate(model, space, calib, args.estimator,
-                     cache_dir=None if args.no_cache else cache_dir(),
-                     callback=_progress(args.estimator, args.quiet))
+    space = SearchSpace.from_model(
+        model,
+        formats,
+        include=args.include or (),
+        exclude=args.exclude,
+        tie=tie,
+        example_input=calib.batches[0] if calib else None,
+    )
+    table = estimate(
+        model,
+        space,
+        calib,
+        args.estimator,
+        cache_dir=None if args.no_cache else cache_dir(),
+        callback=_progress(args.estimator, args.quiet),
+    )
     problem = Problem.build(table, budget)
     if problem.max_cost() < budget.capacity_bits(space):
         top = budget.from_bits(problem.max_cost(), space)
-        raise CliError(f"budget {budget.describe()} is above the maximum {top:.6g} of this "
-                       "search space (every unit at its largest format); lower it or add formats")
+        raise CliError(
+            f"budget {budget.describe()} is above the maximum {top:.6g} of this "
+            "search space (every unit at its largest format); lower it or add formats"
+        )
     sol = solve(table, budget, args.solver)
     if sol.status is Status.INFEASIBLE:
         raise CliError(sol.message)
@@ -117,8 +135,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CliError(f"cannot read --text {args.text!r}: {e.strerror}") from None
     model, tok = _load_model(model_name)
-    result = evaluate_plan(model, tok, sol, text=text, n_windows=args.windows,
-                           seq_len=args.seq_len, callback=_progress("eval", args.quiet))
+    result = evaluate_plan(
+        model,
+        tok,
+        sol,
+        text=text,
+        n_windows=args.windows,
+        seq_len=args.seq_len,
+        callback=_progress("eval", args.quiet),
+    )
     if args.json:
         print(json.dumps(result, indent=1, default=_json_default))
     else:
@@ -139,9 +164,13 @@ def _eval_table(result: dict[str, Any]) -> str:
             continue
         fmt = r.get("format", "float" if name == "reference" else "mixed")
         if "ppl" in r:
-            lines.append(f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} {r['ppl']:>10.4f} {r['kl']:>10.5f}")
+            lines.append(
+                f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} {r['ppl']:>10.4f} {r['kl']:>10.5f}"
+            )
         else:
-            lines.append(f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} fidelity {r['fidelity']:.5f}")
+            lines.append(
+                f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} fidelity {r['fidelity']:.5f}"
+            )
     return "\n".join(lines)
 
 
@@ -172,16 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="estimate sensitivities and solve for a plan")
-    s.add_argument("--model", required=True, help="built-in name (smollm2-135m, minilm-l6) or folder")
+    s.add_argument(
+        "--model", required=True, help="built-in name (smollm2-135m, minilm-l6) or folder"
+    )
     s.add_argument("--avg-bits", type=float, help="budget: effective bits per weight")
     s.add_argument("--bytes", type=float, help="budget: total bytes of the searched weights")
-    s.add_argument("--formats", default="int2-g64,int3-g64,int4-g64,int8-g64",
-                   help="comma-separated format keys (default: %(default)s)")
+    s.add_argument(
+        "--formats",
+        default="int2-g64,int3-g64,int4-g64,int8-g64",
+        help="comma-separated format keys (default: %(default)s)",
+    )
     s.add_argument("--estimator", default="layer_error")
     s.add_argument("--solver", default="ilp")
     s.add_argument("--tie", default="auto", help="'auto', 'none' or comma-separated regexes")
     s.add_argument("--include", nargs="*", help="unit patterns to keep (glob or re:REGEX)")
-    s.add_argument("--exclude", nargs="*", help="unit patterns to drop (default: embeddings, lm_head)")
+    s.add_argument(
+        "--exclude", nargs="*", help="unit patterns to drop (default: embeddings, lm_head)"
+    )
     s.add_argument("--n-samples", type=int, default=32, help="calibration windows (0 = none)")
     s.add_argument("--seq-len", type=int, default=512)
     s.add_argument("--seed", type=int, default=0)
@@ -214,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args))
     except (CliError, ValueError, TypeError) as e:

@@ -26,8 +26,12 @@ def closest_uniform(solution: Solution) -> Solution | None:
     for fmt in space.formats:
         if not all(fmt.key in u.allowed for u in space.units):
             continue
-        cand = Solution(space=space, choice=(fmt.key,) * len(space), status=Status.FEASIBLE,
-                        meta={"solver": "uniform", "format": fmt.key})
+        cand = Solution(
+            space=space,
+            choice=(fmt.key,) * len(space),
+            status=Status.FEASIBLE,
+            meta={"solver": "uniform", "format": fmt.key},
+        )
         if cand.nbytes <= solution.nbytes and (best is None or cand.nbytes > best.nbytes):
             best = cand
     return best
@@ -42,8 +46,15 @@ def _quantized_copy(model: nn.Module, solution: Solution, backend: str) -> nn.Mo
 
 
 def evaluate_plan(
-    model: nn.Module, tok: Any, solution: Solution, *, text: str | None = None,
-    n_windows: int = 16, seq_len: int = 512, n_sentences: int = 256, backend: str = "rtn",
+    model: nn.Module,
+    tok: Any,
+    solution: Solution,
+    *,
+    text: str | None = None,
+    n_windows: int = 16,
+    seq_len: int = 512,
+    n_sentences: int = 256,
+    backend: str = "rtn",
     callback: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score the reference, the plan and the closest uniform format.
@@ -71,8 +82,11 @@ def evaluate_plan(
     if uniform is not None:
         candidates["uniform"] = _quantized_copy(model, uniform, backend)
     ref_bits = _reference_bits(model, solution)
-    bits = {"reference": ref_bits, "plan": solution.avg_bits,
-            "uniform": uniform.avg_bits if uniform else math.nan}
+    bits = {
+        "reference": ref_bits,
+        "plan": solution.avg_bits,
+        "uniform": uniform.avg_bits if uniform else math.nan,
+    }
     if task(model) == "causal_lm":
         scores = _lm_scores(model, tok, candidates, text, n_windows, seq_len, callback)
     else:
@@ -94,8 +108,15 @@ def _reference_bits(model: nn.Module, solution: Solution) -> float:
     return float(w.element_size() * 8)
 
 
-def _lm_scores(model: nn.Module, tok: Any, candidates: dict[str, nn.Module], text: str | None,
-               n_windows: int, seq_len: int, callback: Any) -> dict[str, dict[str, Any]]:
+def _lm_scores(
+    model: nn.Module,
+    tok: Any,
+    candidates: dict[str, nn.Module],
+    text: str | None,
+    n_windows: int,
+    seq_len: int,
+    callback: Any,
+) -> dict[str, dict[str, Any]]:
     from .data import evaluate_lm, windows
 
     win = windows(tok, text if text is not None else "wikipedia-heldout", seq_len, n_windows)
@@ -103,8 +124,13 @@ def _lm_scores(model: nn.Module, tok: Any, candidates: dict[str, nn.Module], tex
     return {k: {"ppl": s.ppl, "kl": s.kl, "n_tokens": s.n_tokens} for k, s in scores.items()}
 
 
-def _encoder_scores(model: nn.Module, tok: Any, candidates: dict[str, nn.Module],
-                    text: str | None, n_sentences: int) -> dict[str, dict[str, Any]]:
+def _encoder_scores(
+    model: nn.Module,
+    tok: Any,
+    candidates: dict[str, nn.Module],
+    text: str | None,
+    n_sentences: int,
+) -> dict[str, dict[str, Any]]:
     from .data import embedding_fidelity, sentences
 
     if text is None:
@@ -116,6 +142,8 @@ def _encoder_scores(model: nn.Module, tok: Any, candidates: dict[str, nn.Module]
             raise ValueError("`text` holds no sentence of at least 5 words to embed")
     out: dict[str, dict[str, Any]] = {"reference": {"fidelity": 1.0, "n_sentences": len(sents)}}
     for name, cand in candidates.items():
-        out[name] = {"fidelity": embedding_fidelity(model, cand, tok, sents),
-                     "n_sentences": len(sents)}
+        out[name] = {
+            "fidelity": embedding_fidelity(model, cand, tok, sents),
+            "n_sentences": len(sents),
+        }
     return out

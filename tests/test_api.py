@@ -19,7 +19,9 @@ def test_search_respects_budget_and_ties(tiny_llama, tiny_calib) -> None:
     a = sol.assignment
     for layer in (0, 1):
         p = f"model.layers.{layer}"
-        assert a[f"{p}.self_attn.q_proj"] == a[f"{p}.self_attn.k_proj"] == a[f"{p}.self_attn.v_proj"]
+        assert (
+            a[f"{p}.self_attn.q_proj"] == a[f"{p}.self_attn.k_proj"] == a[f"{p}.self_attn.v_proj"]
+        )
         assert a[f"{p}.mlp.gate_proj"] == a[f"{p}.mlp.up_proj"]
     assert len(set(sol.choice)) > 1, "a binding budget between formats should mix them"
     assert sol.meta["solver"] == "ilp" and sol.meta["estimator"] == "layer_error"

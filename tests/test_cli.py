@@ -15,8 +15,22 @@ FORMATS = "int2-g32,int3-g32,int4-g32,int8-g32"
 
 
 def search_args(model: Path, out: Path, *extra: str) -> list[str]:
-    return ["search", "--model", str(model), "--formats", FORMATS, "--n-samples", "4",
-            "--seq-len", "32", "--out", str(out), "--no-cache", "-q", *extra]
+    return [
+        "search",
+        "--model",
+        str(model),
+        "--formats",
+        FORMATS,
+        "--n-samples",
+        "4",
+        "--seq-len",
+        "32",
+        "--out",
+        str(out),
+        "--no-cache",
+        "-q",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +58,23 @@ def test_show_and_list(plan: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = tmp_path / "user.txt"
     text.write_text("The quick brown fox jumps over the lazy dog near the river bank. " * 40)
-    assert main(["eval", str(plan), "--json", "--windows", "2", "--seq-len", "32",
-                 "--text", str(text), "-q"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(plan),
+                "--json",
+                "--windows",
+                "2",
+                "--seq-len",
+                "32",
+                "--text",
+                str(text),
+                "-q",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     for key in ("reference", "plan", "uniform"):
         assert {"avg_bits", "ppl", "kl"} <= set(res[key])
@@ -54,30 +83,38 @@ def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert res["reference"]["kl"] == 0
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--avg-bits", "1.0"], "below the minimum achievable"),
-    (["--avg-bits", "12"], "above the maximum"),
-    (["--avg-bits", "3", "--formats", "int4-g128x"], "unknown format key"),
-    (["--avg-bits", "3", "--solver", "mip"], "unknown solver 'mip'"),
-    (["--avg-bits", "3", "--include", "nothing.matches"], "search space is empty"),
-    ([], "exactly one of --avg-bits or --bytes"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--avg-bits", "1.0"], "below the minimum achievable"),
+        (["--avg-bits", "12"], "above the maximum"),
+        (["--avg-bits", "3", "--formats", "int4-g128x"], "unknown format key"),
+        (["--avg-bits", "3", "--solver", "mip"], "unknown solver 'mip'"),
+        (["--avg-bits", "3", "--include", "nothing.matches"], "search space is empty"),
+        ([], "exactly one of --avg-bits or --bytes"),
+    ],
+)
 def test_search_bad_input_exits_2_and_writes_nothing(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    extra: list[str], message: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
 ) -> None:
     out = tmp_path / "plan.json"
     args = search_args(tiny_model_dir, out)
     if "--formats" in extra:
         i = args.index("--formats")
-        del args[i:i + 2]
+        del args[i : i + 2]
     assert main(args + extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_eval_rejects_corrupt_and_mismatched_plans(
-    plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    plan: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text(plan.read_text()[:200])
@@ -93,6 +130,10 @@ def test_eval_rejects_corrupt_and_mismatched_plans(
 
 
 def test_console_script_entry_point(plan: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "bitalloc", "show", str(plan)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "bitalloc", "show", str(plan)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0 and "avg bits" in out.stdout

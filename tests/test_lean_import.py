@@ -7,8 +7,10 @@ import sys
 
 
 def test_import_pulls_nothing_heavy() -> None:
-    code = ("import sys, bitalloc; heavy = [m for m in ('torch', 'triton', 'transformers', "
-            "'optuna', 'pulp', 'pandas', 'gensim') if m in sys.modules]; print(','.join(heavy))")
+    code = (
+        "import sys, bitalloc; heavy = [m for m in ('torch', 'triton', 'transformers', "
+        "'optuna', 'pulp', 'pandas', 'gensim') if m in sys.modules]; print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

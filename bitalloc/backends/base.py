@@ -36,8 +36,13 @@ class Backend(Protocol):
 class AppliedPlan:
     """Handle of an applied plan; :meth:`restore` puts the original weights back bit-exactly."""
 
-    def __init__(self, model: nn.Module, solution: Solution, originals: dict[str, torch.Tensor],
-                 restore_fn: Callable[[nn.Module, dict[str, torch.Tensor]], None]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        solution: Solution,
+        originals: dict[str, torch.Tensor],
+        restore_fn: Callable[[nn.Module, dict[str, torch.Tensor]], None],
+    ) -> None:
         self.model = model
         self.solution = solution
         self._originals = originals
@@ -67,7 +72,9 @@ def check_plan(model: nn.Module, solution: Solution) -> dict[str, nn.Module]:
     if not isinstance(solution, Solution):
         raise TypeError(f"`solution` must be a Solution, got {type(solution).__name__}")
     if not solution.success:
-        raise ValueError(f"cannot apply a plan with status {solution.status.value}: {solution.message}")
+        raise ValueError(
+            f"cannot apply a plan with status {solution.status.value}: {solution.message}"
+        )
     modules = dict(model.named_modules())
     problems, found = [], {}
     for u in solution.space.units:

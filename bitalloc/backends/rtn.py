@@ -43,7 +43,9 @@ class RtnBackend:
                 for name, fmt in solution.assignment.items():
                     w = modules[name].weight
                     originals[name] = w.detach().to("cpu", copy=True)
-                    w.copy_(fake_quantize(w, fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind))
+                    w.copy_(
+                        fake_quantize(w, fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind)
+                    )
         except BaseException:
             _restore(model, originals)
             raise

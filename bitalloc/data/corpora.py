@@ -112,8 +112,11 @@ def _wikipedia() -> tuple[Article, ...]:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable corpus cache %s; re-extracting", path)
     articles = _extract_wikipedia()
-    payload = {"source": WIKI_FILE, "version": _CACHE_VERSION,
-               "articles": [{"title": a.title, "text": a.text} for a in articles]}
+    payload = {
+        "source": WIKI_FILE,
+        "version": _CACHE_VERSION,
+        "articles": [{"title": a.title, "text": a.text} for a in articles],
+    }
     try:
         atomic_write_text(path, json.dumps(payload, ensure_ascii=False))
         log.info("cached %d Wikipedia articles at %s", len(articles), path)
@@ -144,8 +147,14 @@ def text(name: str) -> str:
     return "\n\n".join(a.text for a in articles(name))
 
 
-def sentences(name: str = "wikipedia-heldout", n: int | None = 256, *, seed: int = 0,
-              min_words: int = 5, max_chars: int = 400) -> list[str]:
+def sentences(
+    name: str = "wikipedia-heldout",
+    n: int | None = 256,
+    *,
+    seed: int = 0,
+    min_words: int = 5,
+    max_chars: int = 400,
+) -> list[str]:
     """``n`` prose sentences of corpus ``name``, drawn without replacement with ``seed``.
 
     Paragraphs are split after ``.``, ``!`` or ``?`` followed by whitespace and a capital,

@@ -136,8 +136,9 @@ def evaluate_lm(
 
     _check_module("reference", reference)
     if not isinstance(candidates, Mapping):
-        raise TypeError(f"`candidates` must be a mapping name -> nn.Module, got "
-                        f"{type(candidates).__name__}")
+        raise TypeError(
+            f"`candidates` must be a mapping name -> nn.Module, got {type(candidates).__name__}"
+        )
     if REFERENCE in candidates:
         raise ValueError(f"`candidates` must not use the reserved name {REFERENCE!r}")
     for name, model in candidates.items():
@@ -185,7 +186,7 @@ def perplexity(
     batch_size: int = 1,
     callback: Callable[[int, int], None] | None = None,
 ) -> float:
-    """``exp`` of the mean next-token NLL of ``model`` over ``windows`` (see :func:`evaluate_lm`)."""
+    """``exp`` of the mean next-token NLL of ``model`` over ``windows`` (:func:`evaluate_lm`)."""
     scores = evaluate_lm(model, {}, windows, batch_size=batch_size, callback=callback)
     return scores[REFERENCE].ppl
 
@@ -216,8 +217,12 @@ def embed(
     chunks = []
     with torch.no_grad(), _eval_mode([model]):
         for start in range(0, len(sentences), batch_size):
-            enc = tok(sentences[start : start + batch_size], padding=True, truncation=True,
-                      return_tensors="pt")
+            enc = tok(
+                sentences[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+            )
             ids = enc["input_ids"].to(device)
             mask = enc["attention_mask"].to(device)
             out = model(input_ids=ids, attention_mask=mask)

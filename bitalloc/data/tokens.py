@@ -175,8 +175,12 @@ def calibration(
     body, label = resolve_text(corpus, "corpus")
     ids = encode(tok, body)
     if len(ids) < n_samples * seq_len:
-        raise _too_short(label, len(ids), n_samples * seq_len,
-                         f"`n_samples`={n_samples} windows of `seq_len`={seq_len}")
+        raise _too_short(
+            label,
+            len(ids),
+            n_samples * seq_len,
+            f"`n_samples`={n_samples} windows of `seq_len`={seq_len}",
+        )
     starts = random_starts(len(ids), n_samples, seq_len, seed)
     rows = torch.from_numpy(np.stack([ids[s : s + seq_len] for s in starts]))
     batches = tuple(rows[i : i + batch_size].clone() for i in range(0, n_samples, batch_size))

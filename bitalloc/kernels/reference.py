@@ -67,7 +67,10 @@ def quantize(
 
 
 def dequantize(
-    q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, shape: torch.Size | tuple[int, ...],
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    shape: torch.Size | tuple[int, ...],
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Inverse of :func:`quantize`: ``(q - zero) * scale`` reshaped to ``shape``."""
@@ -78,7 +81,10 @@ def dequantize(
 
 
 def fake_quantize(
-    w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = False,
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool = False,
     float_kind: str | None = None,
 ) -> torch.Tensor:
     """Quantize-dequantize ``w`` (same shape and dtype). ``bits=16`` rounds to bf16/fp16."""

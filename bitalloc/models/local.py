@@ -28,6 +28,7 @@ def load(
     Nothing is fetched from the Hugging Face Hub (``local_files_only=True``).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:

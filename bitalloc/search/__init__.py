@@ -16,8 +16,17 @@ from .solution import Solution, Status
 from .space import SearchSpace, Unit
 from .table import SensitivityTable
 
-__all__ = ["Budget", "BudgetKind", "Calibration", "QuantFormat", "SearchSpace",
-           "SensitivityTable", "Solution", "Status", "Unit"]
+__all__ = [
+    "Budget",
+    "BudgetKind",
+    "Calibration",
+    "QuantFormat",
+    "SearchSpace",
+    "SensitivityTable",
+    "Solution",
+    "Status",
+    "Unit",
+]
 
 
 class _CallableModule(types.ModuleType):

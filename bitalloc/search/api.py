@@ -54,9 +54,14 @@ def _registry(kind: str) -> Any:
 
 
 def estimate(
-    model: nn.Module, space: SearchSpace, calib: Calibration | Sequence[Any] | None = None,
-    method: Any = "layer_error", *, cache_dir: str | os.PathLike[str] | None = None,
-    callback: Any = None, **options: Any,
+    model: nn.Module,
+    space: SearchSpace,
+    calib: Calibration | Sequence[Any] | None = None,
+    method: Any = "layer_error",
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    callback: Any = None,
+    **options: Any,
 ) -> SensitivityTable:
     """Score every (unit, format) pair of ``space`` with an estimator.
 
@@ -90,8 +95,9 @@ def estimate(
     started = time.perf_counter()
     table = est.estimate(model, space, cal, callback=callback)
     meta = {**table.meta, **provenance, "estimate_time_s": round(time.perf_counter() - started, 3)}
-    table = SensitivityTable(space=table.space, values=table.values, estimator=table.estimator,
-                             meta=meta)
+    table = SensitivityTable(
+        space=table.space, values=table.values, estimator=table.estimator, meta=meta
+    )
     if path is not None:
         table.save(path)
     return table
@@ -101,26 +107,40 @@ def _provenance(model: Any, calib: Calibration | None) -> dict[str, Any]:
     from .. import __version__
     from ..models import fingerprint
 
-    meta: dict[str, Any] = {"bitalloc_version": __version__,
-                            "model": getattr(model, "bitalloc_name", type(model).__name__),
-                            "model_fingerprint": fingerprint(model)}
+    meta: dict[str, Any] = {
+        "bitalloc_version": __version__,
+        "model": getattr(model, "bitalloc_name", type(model).__name__),
+        "model_fingerprint": fingerprint(model),
+    }
     if calib is not None:
-        meta["calibration"] = {"name": calib.name, "batches": len(calib),
-                               "fingerprint": calib.fingerprint()}
+        meta["calibration"] = {
+            "name": calib.name,
+            "batches": len(calib),
+            "fingerprint": calib.fingerprint(),
+        }
     return meta
 
 
 def _cache_key(est: Any, space: SearchSpace, provenance: dict[str, Any]) -> str:
     import dataclasses
 
-    blob = json.dumps({"estimator": type(est).name, "options": dataclasses.asdict(est),
-                       "space": space.fingerprint(), "model": provenance["model_fingerprint"],
-                       "calib": provenance.get("calibration")}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "estimator": type(est).name,
+            "options": dataclasses.asdict(est),
+            "space": space.fingerprint(),
+            "model": provenance["model_fingerprint"],
+            "calib": provenance.get("calibration"),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def solve(table: SensitivityTable, budget: Budget | float, solver: Any = "ilp",
-          **options: Any) -> Solution:
+def solve(
+    table: SensitivityTable, budget: Budget | float, solver: Any = "ilp", **options: Any
+) -> Solution:
     """Pick one format per unit minimising the table's summed loss under ``budget``.
 
     ``budget`` is a :class:`Budget` or a float meaning average bits. An infeasible budget gives
@@ -142,18 +162,31 @@ def as_budget(budget: Budget | float) -> Budget:
     raise TypeError(f"`budget` must be a Budget or a number of average bits, got {budget!r}")
 
 
-def apply(model: nn.Module, solution: Solution, backend: Any = "rtn", *,
-          calib: Calibration | Sequence[Any] | None = None, **options: Any) -> AppliedPlan:
+def apply(
+    model: nn.Module,
+    solution: Solution,
+    backend: Any = "rtn",
+    *,
+    calib: Calibration | Sequence[Any] | None = None,
+    **options: Any,
+) -> AppliedPlan:
     """Quantize ``model`` in place per ``solution``; the handle's ``restore()`` undoes it."""
     be = _registry("backend").resolve(backend, **options)
     return be.apply(model, solution, calib=as_calibration(calib) if calib is not None else None)
 
 
 def search(
-    model: nn.Module, calib: Calibration | Sequence[Any] | None, budget: Budget | float, *,
-    formats: Sequence[str | QuantFormat] = DEFAULT_FORMATS, estimator: Any = "layer_error",
-    solver: Any = "ilp", include: Sequence[str] = (), exclude: Sequence[str] | None = None,
-    tie: Sequence[str] | str | None = "auto", cache_dir: str | os.PathLike[str] | None = None,
+    model: nn.Module,
+    calib: Calibration | Sequence[Any] | None,
+    budget: Budget | float,
+    *,
+    formats: Sequence[str | QuantFormat] = DEFAULT_FORMATS,
+    estimator: Any = "layer_error",
+    solver: Any = "ilp",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] | None = None,
+    tie: Sequence[str] | str | None = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
     callback: Any = None,
 ) -> Solution:
     """One shot: discover the space, estimate sensitivities, solve under ``budget``.
@@ -163,7 +196,8 @@ def search(
     """
     cal = as_calibration(calib) if calib is not None else None
     example = cal.batches[0] if cal is not None else None
-    space = SearchSpace.from_model(model, formats, include=include, exclude=exclude, tie=tie,
-                                   example_input=example)
+    space = SearchSpace.from_model(
+        model, formats, include=include, exclude=exclude, tie=tie, example_input=example
+    )
     table = estimate(model, space, cal, estimator, cache_dir=cache_dir, callback=callback)
     return solve(table, budget, solver)

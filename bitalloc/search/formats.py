@@ -9,7 +9,8 @@ Storage layout that :meth:`QuantFormat.nbytes` counts exactly (and that a packed
 
 - codes: ``numel`` codes of ``bits`` bits, bit-packed contiguously -> ``ceil(numel*bits/8)``
 - scales: ``n_groups`` fp16 values -> ``2 * n_groups``
-- zeros (asymmetric only): ``n_groups`` codes of ``bits`` bits, bit-packed -> ``ceil(n_groups*bits/8)``
+- zeros (asymmetric only): ``n_groups`` codes of ``bits`` bits, bit-packed
+  -> ``ceil(n_groups*bits/8)``
 
 Keys: ``int4-g128`` (asymmetric, group 128), ``int4-g128-sym``, ``int8-pc`` (per-channel),
 ``bf16``, ``fp16``.
@@ -69,7 +70,9 @@ class QuantFormat:
         if self.group_size is not None and (
             not isinstance(self.group_size, int) or self.group_size < 1
         ):
-            raise ValueError(f"`group_size` must be a positive int or None, got {self.group_size!r}")
+            raise ValueError(
+                f"`group_size` must be a positive int or None, got {self.group_size!r}"
+            )
 
     # ------------------------------------------------------------------ parsing / naming
     @classmethod
@@ -158,7 +161,9 @@ def _in_features(shape: tuple[int, ...]) -> int:
 def parse_formats(formats: Any) -> tuple[QuantFormat, ...]:
     """Parse a sequence of keys/formats (or a comma-separated string), de-duplicated, ordered."""
     if isinstance(formats, (str, QuantFormat)):
-        formats = [f for f in str(formats).split(",") if f] if isinstance(formats, str) else [formats]
+        formats = (
+            [f for f in str(formats).split(",") if f] if isinstance(formats, str) else [formats]
+        )
     try:
         items = list(formats)
     except TypeError:

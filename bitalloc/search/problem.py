@@ -46,8 +46,13 @@ class Problem:
                 members.append(tuple(ties[u.tie]))
         values = np.stack([unit_val[list(m)].sum(axis=0) for m in members])
         costs = np.stack([unit_cost[list(m)].sum(axis=0) for m in members])
-        return cls(values=values, costs=costs, members=tuple(members),
-                   capacity=budget.capacity_bits(space), n_units=len(space))
+        return cls(
+            values=values,
+            costs=costs,
+            members=tuple(members),
+            capacity=budget.capacity_bits(space),
+            n_units=len(space),
+        )
 
     @property
     def n_groups(self) -> int:

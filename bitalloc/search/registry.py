@@ -49,9 +49,7 @@ class Registry(Generic[T]):
             if name not in self._classes:
                 self._classes[name] = getattr(importlib.import_module(module), attr)
         if name not in self._classes:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
-            )
+            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}")
         return self._classes[name]
 
     def get(self, name: str, **options: Any) -> T:

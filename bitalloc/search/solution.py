@@ -62,7 +62,9 @@ class Solution:
             )
         for u, key in zip(self.space.units, self.choice):
             if key not in u.allowed:
-                raise ValueError(f"unit {u.name!r} cannot take format {key!r}; allowed {u.allowed}")
+                raise ValueError(
+                    f"unit {u.name!r} cannot take format {key!r}; allowed {u.allowed}"
+                )
         for label, idx in self.space.tie_groups().items():
             if len({self.choice[i] for i in idx}) > 1:
                 raise ValueError(f"tie group {label!r} is assigned different formats")
@@ -80,7 +82,9 @@ class Solution:
     @property
     def nbytes(self) -> int:
         """Exact stored bytes of all units (0 when infeasible)."""
-        return sum(QuantFormat.parse(k).nbytes(u.shape) for u, k in zip(self.space.units, self.choice))
+        return sum(
+            QuantFormat.parse(k).nbytes(u.shape) for u, k in zip(self.space.units, self.choice)
+        )
 
     @property
     def avg_bits(self) -> float:
@@ -95,8 +99,11 @@ class Solution:
             units[k] += 1
             weights[k] += u.numel
         total = self.space.numel
-        return {k: {"units": units[k], "weight_share": weights[k] / total}
-                for k in self.space.keys if units[k]}
+        return {
+            k: {"units": units[k], "weight_share": weights[k] / total}
+            for k in self.space.keys
+            if units[k]
+        }
 
     def summary(self) -> str:
         """A short human-readable report."""
@@ -108,8 +115,12 @@ class Solution:
             lines.append(f"avg bits: {self.avg_bits:.4f}  bytes: {self.nbytes:,}")
             lines.append(f"predicted loss: {self.objective:.6g}")
             for k, h in self.histogram().items():
-                lines.append(f"  {k:<16} {h['units']:>5} units  {100 * h['weight_share']:6.2f}% of weights")
-        prov = {k: self.meta[k] for k in ("solver", "estimator", "model", "budget") if k in self.meta}
+                lines.append(
+                    f"  {k:<16} {h['units']:>5} units  {100 * h['weight_share']:6.2f}% of weights"
+                )
+        prov = {
+            k: self.meta[k] for k in ("solver", "estimator", "model", "budget") if k in self.meta
+        }
         if prov:
             lines.append("made by: " + ", ".join(f"{k}={v}" for k, v in prov.items()))
         return "\n".join(lines)
@@ -125,26 +136,40 @@ class Solution:
         rows = []
         for u, k in zip(self.space.units, self.choice):
             f = QuantFormat.parse(k)
-            rows.append({"unit": u.name, "shape": u.shape, "numel": u.numel, "format": k,
-                         "tie": u.tie, "bits_per_weight": f.bits_per_weight(u.shape),
-                         "bytes": f.nbytes(u.shape)})
-        return pd.DataFrame(rows, columns=["unit", "shape", "numel", "format", "tie",
-                                           "bits_per_weight", "bytes"])
+            rows.append(
+                {
+                    "unit": u.name,
+                    "shape": u.shape,
+                    "numel": u.numel,
+                    "format": k,
+                    "tie": u.tie,
+                    "bits_per_weight": f.bits_per_weight(u.shape),
+                    "bytes": f.nbytes(u.shape),
+                }
+            )
+        return pd.DataFrame(
+            rows, columns=["unit", "shape", "numel", "format", "tie", "bits_per_weight", "bytes"]
+        )
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         return {
-            "type": "bitalloc.Solution", "version": SOLUTION_VERSION,
-            "status": self.status.value, "objective": _num(self.objective),
-            "avg_bits": _num(self.avg_bits), "bytes": self.nbytes, "message": self.message,
-            "meta": _jsonable(self.meta), "space": self.space.to_dict(),
+            "type": "bitalloc.Solution",
+            "version": SOLUTION_VERSION,
+            "status": self.status.value,
+            "objective": _num(self.objective),
+            "avg_bits": _num(self.avg_bits),
+            "bytes": self.nbytes,
+            "message": self.message,
+            "meta": _jsonable(self.meta),
+            "space": self.space.to_dict(),
             "assignment": {u.name: k for u, k in zip(self.space.units, self.choice)},
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Solution:
         if not isinstance(d, Mapping) or d.get("type") != "bitalloc.Solution":
-            raise ValueError("not a bitalloc plan: missing \"type\": \"bitalloc.Solution\"")
+            raise ValueError('not a bitalloc plan: missing "type": "bitalloc.Solution"')
         if d.get("version") != SOLUTION_VERSION:
             raise ValueError(f"unsupported plan version {d.get('version')!r}")
         try:
@@ -158,9 +183,14 @@ class Solution:
             else:
                 choice = tuple(str(assignment[n]) for n in space.names)
             obj = d.get("objective")
-            return cls(space=space, choice=choice, status=status,
-                       objective=math.nan if obj is None else float(obj),
-                       message=str(d.get("message", "")), meta=d.get("meta", {}))
+            return cls(
+                space=space,
+                choice=choice,
+                status=status,
+                objective=math.nan if obj is None else float(obj),
+                message=str(d.get("message", "")),
+                meta=d.get("meta", {}),
+            )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed plan: {type(e).__name__}: {e}") from None
 

@@ -46,13 +46,21 @@ class Unit:
         return math.prod(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "allowed": list(self.allowed),
-                "tie": self.tie}
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "allowed": list(self.allowed),
+            "tie": self.tie,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Unit:
-        return cls(name=str(d["name"]), shape=tuple(int(s) for s in d["shape"]),
-                   allowed=tuple(str(a) for a in d["allowed"]), tie=d.get("tie"))
+        return cls(
+            name=str(d["name"]),
+            shape=tuple(int(s) for s in d["shape"]),
+            allowed=tuple(str(a) for a in d["allowed"]),
+            tie=d.get("tie"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,8 @@ class SearchSpace:
             if not u.allowed:
                 raise ValueError(
                     f"unit {u.name!r} (shape {u.shape}) can take none of the formats "
-                    f"{[f.key for f in self.formats]}; add a per-channel ('-pc') format or exclude it"
+                    f"{[f.key for f in self.formats]}; add a per-channel ('-pc') format or "
+                    "exclude it"
                 )
         self._check_ties()
 
@@ -152,15 +161,19 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
-        return {"version": SPACE_VERSION, "formats": list(self.keys),
-                "units": [u.to_dict() for u in self.units]}
+        return {
+            "version": SPACE_VERSION,
+            "formats": list(self.keys),
+            "units": [u.to_dict() for u in self.units],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
         if not isinstance(d, Mapping) or "units" not in d or "formats" not in d:
             raise ValueError("search space JSON needs 'units' and 'formats'")
-        return cls(units=tuple(Unit.from_dict(u) for u in d["units"]),
-                   formats=parse_formats(d["formats"]))
+        return cls(
+            units=tuple(Unit.from_dict(u) for u in d["units"]), formats=parse_formats(d["formats"])
+        )
 
     # ------------------------------------------------------------------ discovery
     @classmethod
@@ -215,8 +228,9 @@ class SearchSpace:
     def restrict(self, names: Iterable[str]) -> SearchSpace:
         """A sub-space with only ``names`` (order kept)."""
         keep = set(names)
-        return SearchSpace(units=tuple(u for u in self.units if u.name in keep),
-                           formats=self.formats)
+        return SearchSpace(
+            units=tuple(u for u in self.units if u.name in keep), formats=self.formats
+        )
 
 
 def _patterns(value: Sequence[str] | str, arg: str) -> tuple[str, ...]:

@@ -60,12 +60,18 @@ class SensitivityTable:
         """A pandas DataFrame, units as rows and format keys as columns."""
         import pandas as pd
 
-        return pd.DataFrame(self.values, index=list(self.space.names), columns=list(self.space.keys))
+        return pd.DataFrame(
+            self.values, index=list(self.space.names), columns=list(self.space.keys)
+        )
 
     # ------------------------------------------------------------------ persistence
     def header(self) -> dict[str, Any]:
-        return {"version": TABLE_VERSION, "estimator": self.estimator, "meta": _jsonable(self.meta),
-                "space": self.space.to_dict()}
+        return {
+            "version": TABLE_VERSION,
+            "estimator": self.estimator,
+            "meta": _jsonable(self.meta),
+            "space": self.space.to_dict(),
+        }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``.npz`` with the array and a JSON header; atomic."""
@@ -89,8 +95,12 @@ class SensitivityTable:
             raise ValueError(f"cannot read sensitivity table {os.fspath(path)!r}: {e}") from None
         if header.get("version") != TABLE_VERSION:
             raise ValueError(f"unsupported table version {header.get('version')!r}")
-        return cls(space=SearchSpace.from_dict(header["space"]), values=values,
-                   estimator=header["estimator"], meta=header.get("meta", {}))
+        return cls(
+            space=SearchSpace.from_dict(header["space"]),
+            values=values,
+            estimator=header["estimator"],
+            meta=header.get("meta", {}),
+        )
 
 
 def _jsonable(obj: Any) -> Any:

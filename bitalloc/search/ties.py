@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def shared_input_groups(model: nn.Module, names: list[str], example: Any = None) -> list[list[str]]:
+def shared_input_groups(
+    model: nn.Module, names: list[str], example: Any = None
+) -> list[list[str]]:
     """Groups of unit names (in model order) whose modules read the identical input tensor."""
     import torch
 

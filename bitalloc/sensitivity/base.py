@@ -33,10 +33,13 @@ class Estimator(Protocol):
     needs_calibration: ClassVar[bool]
 
     def estimate(
-        self, model: nn.Module, space: SearchSpace, calib: Calibration | None,
-        *, callback: Progress | None = None,
-    ) -> SensitivityTable:
-        ...
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        calib: Calibration | None,
+        *,
+        callback: Progress | None = None,
+    ) -> SensitivityTable: ...
 
 
 def unit_modules(model: nn.Module, space: SearchSpace) -> dict[str, nn.Module]:
@@ -50,7 +53,8 @@ def unit_modules(model: nn.Module, space: SearchSpace) -> dict[str, nn.Module]:
             raise ValueError(f"unit {u.name!r} of the search space is not a module with a weight")
         if tuple(weight.shape) != u.shape:
             raise ValueError(
-                f"unit {u.name!r}: model weight shape {tuple(weight.shape)} != space shape {u.shape}"
+                f"unit {u.name!r}: model weight shape {tuple(weight.shape)} != space "
+                f"shape {u.shape}"
             )
         out[u.name] = mod
     return out

@@ -1,4 +1,4 @@
-"""Data-free weight error: ``cost(l, f) = ||Q_f(W_l) - W_l||_F^2``.
+"""Data-free weight error: ``cost(l, f) = ||Q_f(W_l) - W_l||_F^2 / ||W_l||_F^2``.
 
 The baseline every data-aware estimator must beat (it is the HAWQ-V2 score with a unit
 Hessian trace; Dong et al., NeurIPS 2020, eq. 2).
@@ -29,16 +29,20 @@ class WeightErrorEstimator:
     """Squared Frobenius norm of the round-to-nearest weight perturbation.
 
     Args:
-        normalize: divide by ``||W||_F^2`` (relative error) instead of the raw sum.
+        normalize: divide by ``||W||_F^2`` (relative error; default) instead of the raw sum.
     """
 
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
-    normalize: bool = False
+    normalize: bool = True
 
     def estimate(
-        self, model: nn.Module, space: SearchSpace, calib: Calibration | None = None,
-        *, callback: Progress | None = None,
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        calib: Calibration | None = None,
+        *,
+        callback: Progress | None = None,
     ) -> SensitivityTable:
         started = time.perf_counter()
         modules = unit_modules(model, space)

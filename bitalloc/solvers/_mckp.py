@@ -18,8 +18,11 @@ from ..search.problem import Problem
 def masked(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(allowed, costs, values)`` with ``inf`` wherever an option is not allowed."""
     allowed = problem.allowed
-    return (allowed, np.where(allowed, problem.costs, np.inf),
-            np.where(allowed, problem.values, np.inf))
+    return (
+        allowed,
+        np.where(allowed, problem.costs, np.inf),
+        np.where(allowed, problem.values, np.inf),
+    )
 
 
 def best_value_choice(problem: Problem) -> np.ndarray:
@@ -48,8 +51,10 @@ def greedy_choice(problem: Problem) -> np.ndarray:
     rows = np.arange(problem.n_groups)
     remaining = float(problem.capacity - c[rows, choice].sum())
     version = [0] * problem.n_groups
-    opts = [[(j, cj, vj) for j, (cj, vj) in enumerate(zip(cr, vr)) if cj != math.inf]
-            for cr, vr in zip(c.tolist(), v.tolist())]  # plain floats: fast per-group scans
+    opts = [
+        [(j, cj, vj) for j, (cj, vj) in enumerate(zip(cr, vr)) if cj != math.inf]
+        for cr, vr in zip(c.tolist(), v.tolist())
+    ]  # plain floats: fast per-group scans
 
     def best_move(g: int) -> tuple[float, int] | None:
         a = int(choice[g])

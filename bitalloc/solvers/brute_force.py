@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,7 +13,7 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from .base import infeasible, make_solution, provenance, validate
+from .base import make_solution, provenance, start
 
 CHUNK = 1 << 16
 
@@ -47,11 +46,9 @@ class BruteForceSolver:
 
     def solve(self, table: SensitivityTable, budget: Budget) -> Solution:
         """The exact optimum (INFEASIBLE when even the cheapest plan does not fit)."""
-        validate(table, budget)
-        started = time.perf_counter()
-        problem = Problem.build(table, budget)
-        if problem.min_cost() > problem.capacity:
-            return infeasible(problem, table, budget, provenance(self, table, budget, started))
+        problem, started, early = start(self, table, budget)
+        if early is not None:
+            return early
         options = [np.flatnonzero(row) for row in problem.allowed]
         dims = tuple(len(o) for o in options)
         count = math.prod(dims)
@@ -67,13 +64,14 @@ class BruteForceSolver:
         return make_solution(problem, table, budget, choice, Status.OPTIMAL, meta)
 
     @staticmethod
-    def _search(problem: Problem, options: list[np.ndarray], dims: tuple[int, ...],
-                count: int) -> np.ndarray:
+    def _search(
+        problem: Problem, options: list[np.ndarray], dims: tuple[int, ...], count: int
+    ) -> np.ndarray:
         costs = [problem.costs[g, o] for g, o in enumerate(options)]
         values = [problem.values[g, o] for g, o in enumerate(options)]
         best: tuple[float, float, int] = (math.inf, math.inf, -1)
-        for start in range(0, count, CHUNK):
-            flat = np.arange(start, min(start + CHUNK, count), dtype=np.int64)
+        for first in range(0, count, CHUNK):
+            flat = np.arange(first, min(first + CHUNK, count), dtype=np.int64)
             digits = np.unravel_index(flat, dims)
             cost = np.zeros(len(flat))
             value = np.zeros(len(flat))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ..search.budget import Budget
-from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._mckp import greedy_choice
-from .base import infeasible, make_solution, provenance, validate
+from .base import make_solution, provenance, start
 
 
 @SOLVERS.register("greedy")
@@ -37,11 +35,15 @@ class GreedySolver:
 
     def solve(self, table: SensitivityTable, budget: Budget) -> Solution:
         """Greedy plan under ``budget`` (INFEASIBLE when even the cheapest plan does not fit)."""
-        validate(table, budget)
-        started = time.perf_counter()
-        problem = Problem.build(table, budget)
-        if problem.min_cost() > problem.capacity:
-            return infeasible(problem, table, budget, provenance(self, table, budget, started))
+        problem, started, early = start(self, table, budget)
+        if early is not None:
+            return early
         choice = greedy_choice(problem)
-        return make_solution(problem, table, budget, choice, Status.FEASIBLE,
-                             provenance(self, table, budget, started))
+        return make_solution(
+            problem,
+            table,
+            budget,
+            choice,
+            Status.FEASIBLE,
+            provenance(self, table, budget, started),
+        )

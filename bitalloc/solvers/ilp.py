@@ -9,7 +9,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._mckp import best_value_choice, greedy_choice, lp_bound, repair
-from .base import infeasible, make_solution, provenance, validate
+from .base import make_solution, provenance, start
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "cbc", "highs")
@@ -85,17 +84,16 @@ class IlpSolver:
 
     def solve(self, table: SensitivityTable, budget: Budget) -> Solution:
         """The optimal plan under ``budget`` (INFEASIBLE when even the cheapest does not fit)."""
-        validate(table, budget)
-        started = time.perf_counter()
-        problem = Problem.build(table, budget)
-        if problem.min_cost() > problem.capacity:
-            return infeasible(problem, table, budget, provenance(self, table, budget, started))
+        problem, started, early = start(self, table, budget)
+        if early is not None:
+            return early
         n_bin = int(problem.allowed.sum())
         if problem.max_cost() <= problem.capacity:
             meta = provenance(self, table, budget, started)
             meta.update(backend=None, n_binaries=n_bin, mip_gap=0.0)
-            return make_solution(problem, table, budget, best_value_choice(problem),
-                                 Status.OPTIMAL, meta)
+            return make_solution(
+                problem, table, budget, best_value_choice(problem), Status.OPTIMAL, meta
+            )
         backend = self._backend(n_bin)
         from pulp import PulpSolverError
 
@@ -111,36 +109,49 @@ class IlpSolver:
         if status is Status.OPTIMAL:  # the solver proved gap <= mip_rel_gap
             gap = min(gap, float(self.mip_rel_gap))
         meta = provenance(self, table, budget, started)
-        meta.update(backend=backend, n_binaries=n_bin, solver_status=result.status,
-                    lp_bound=bound, mip_bound=result.bound, mip_gap=gap)
+        meta.update(
+            backend=backend,
+            n_binaries=n_bin,
+            solver_status=result.status,
+            lp_bound=bound,
+            mip_bound=result.bound,
+            mip_gap=gap,
+        )
         return make_solution(problem, table, budget, choice, status, meta, message)
 
     def _backend(self, n_binaries: int) -> str:
         has_highs = importlib.util.find_spec("highspy") is not None
         if self.backend == "highs" and not has_highs:
-            raise ValueError("`backend`='highs' needs the highspy package "
-                             "(pip install 'bitalloc[highs]'); valid without it: 'cbc', 'auto'")
+            raise ValueError(
+                "`backend`='highs' needs the highspy package "
+                "(pip install 'bitalloc[highs]'); valid without it: 'cbc', 'auto'"
+            )
         if self.backend == "auto":
             return "highs" if has_highs and n_binaries > AUTO_HIGHS_ABOVE else "cbc"
         return self.backend
 
-    def _interpret(self, problem: Problem, result: _MipResult, backend: str,
-                   bound: float) -> tuple[Status, str, np.ndarray]:
+    def _interpret(
+        self, problem: Problem, result: _MipResult, backend: str, bound: float
+    ) -> tuple[Status, str, np.ndarray]:
         if result.choice is None:
             if result.status == "error":
                 msg = f"ILP ({backend}) failed ({result.detail}); returning the greedy plan"
             else:
-                msg = (f"ILP ({backend}) returned no plan within time_limit_s="
-                       f"{self.time_limit_s:g} (solver status {result.status!r}"
-                       f"{'; ' + result.detail if result.detail else ''}); "
-                       "returning the greedy plan")
+                msg = (
+                    f"ILP ({backend}) returned no plan within time_limit_s="
+                    f"{self.time_limit_s:g} (solver status {result.status!r}"
+                    f"{'; ' + result.detail if result.detail else ''}); "
+                    "returning the greedy plan"
+                )
             return Status.FEASIBLE, msg, greedy_choice(problem)
         choice, notes = result.choice, []
         status = Status.OPTIMAL if result.status == "optimal" else Status.LIMIT
         if not problem.fits(choice):
             choice, status = repair(problem, choice), Status.FEASIBLE
-            notes.append("the MIP plan exceeded the exact budget by rounding and was repaired "
-                         "by greedy downgrades")
+            notes.append(
+                "the MIP plan exceeded the exact budget by rounding and was repaired "
+                "by greedy downgrades"
+            )
         # Within mip_rel_gap (or at a time limit) the greedy plan can be better: keep the best.
         alt = greedy_choice(problem)
         if problem.total(alt)[0] < problem.total(choice)[0]:
@@ -148,8 +159,11 @@ class IlpSolver:
             notes.append("the greedy plan beat the MIP incumbent and is returned")
         if status is Status.LIMIT:
             gap = _gap(problem.total(choice)[0], bound)
-            notes.insert(0, f"time limit {self.time_limit_s:g}s reached before optimality "
-                            f"was proven; relative gap <= {gap:.3g}")
+            notes.insert(
+                0,
+                f"time limit {self.time_limit_s:g}s reached before optimality "
+                f"was proven; relative gap <= {gap:.3g}",
+            )
         return status, "; ".join(notes), choice
 
 
@@ -180,8 +194,12 @@ def _solve_mip(problem: Problem, numel: int, backend: str, opts: IlpSolver) -> _
         warnings.simplefilter("ignore", DeprecationWarning)  # pulp 3.x v4-migration notices
         prob = pulp.LpProblem("bitalloc_mckp", pulp.LpMinimize)
         add = getattr(prob, "add_variable", None)
-        xs = [add(f"x{i}", 0, 1, cat=pulp.LpBinary) if add is not None
-              else pulp.LpVariable(f"x{i}", 0, 1, cat=pulp.LpBinary) for i in range(len(gi))]
+        xs = [
+            add(f"x{i}", 0, 1, cat=pulp.LpBinary)
+            if add is not None
+            else pulp.LpVariable(f"x{i}", 0, 1, cat=pulp.LpBinary)
+            for i in range(len(gi))
+        ]
         prob.setObjective(pulp.LpAffineExpression(list(zip(xs, obj))))
         bounds = np.searchsorted(gi, np.arange(problem.n_groups + 1))
         for g in range(problem.n_groups):
@@ -227,10 +245,12 @@ def _rhs_bits(dc: np.ndarray, room: float) -> float:
 
 def _make_solver(pulp: Any, backend: str, opts: IlpSolver, tmp: str) -> Any:
     if backend == "highs":
-        return pulp.HiGHS(msg=opts.msg, timeLimit=float(opts.time_limit_s),
-                          gapRel=float(opts.mip_rel_gap))
-    solver = pulp.PULP_CBC_CMD(msg=opts.msg, timeLimit=float(opts.time_limit_s),
-                               gapRel=float(opts.mip_rel_gap))
+        return pulp.HiGHS(
+            msg=opts.msg, timeLimit=float(opts.time_limit_s), gapRel=float(opts.mip_rel_gap)
+        )
+    solver = pulp.PULP_CBC_CMD(
+        msg=opts.msg, timeLimit=float(opts.time_limit_s), gapRel=float(opts.mip_rel_gap)
+    )
     solver.tmpDir = tmp  # CBC's .mps/.sol files go to a folder removed afterwards
     return solver
 

@@ -53,29 +53,43 @@ class UniformSolver:
         space = table.space
         problem = Problem.build(table, budget)
         common = problem.allowed.all(axis=0)
-        totals = np.where(common, np.where(problem.allowed, problem.costs, 0.0).sum(axis=0),
-                          np.inf)
+        totals = np.where(
+            common, np.where(problem.allowed, problem.costs, 0.0).sum(axis=0), np.inf
+        )
         objectives = np.where(problem.allowed, problem.values, 0.0).sum(axis=0)
         unit = "avg bits" if budget.kind.value == "avg_bits" else "bytes"
         if self.format is not None:
             j = self._forced_index(space.keys, common)
             if totals[j] > problem.capacity:
                 need = budget.from_bits(float(totals[j]), space)
-                msg = (f"format {space.keys[j]} for every unit needs {need:.6g} {unit}, "
-                       f"above the budget {budget.describe()}")
+                msg = (
+                    f"format {space.keys[j]} for every unit needs {need:.6g} {unit}, "
+                    f"above the budget {budget.describe()}"
+                )
                 return self._infeasible(problem, table, budget, started, msg)
         else:
             fits = common & (totals <= problem.capacity)
             if not fits.any():
-                return self._infeasible(problem, table, budget, started,
-                                        self._no_fit_message(problem, budget, totals, space))
+                return self._infeasible(
+                    problem,
+                    table,
+                    budget,
+                    started,
+                    self._no_fit_message(problem, budget, totals, space),
+                )
             cand = np.flatnonzero(fits)
             j = int(cand[np.lexsort((cand, objectives[cand], -totals[cand]))[0]])
         choice = np.full(problem.n_groups, j, dtype=np.int64)
         avg = 8.0 * sum(space.formats[j].nbytes(u.shape) for u in space.units) / space.numel
-        return make_solution(problem, table, budget, choice, Status.FEASIBLE,
-                             provenance(self, table, budget, started),
-                             message=f"uniform {space.keys[j]} ({avg:.4f} avg bits)")
+        return make_solution(
+            problem,
+            table,
+            budget,
+            choice,
+            Status.FEASIBLE,
+            provenance(self, table, budget, started),
+            message=f"uniform {space.keys[j]} ({avg:.4f} avg bits)",
+        )
 
     def _forced_index(self, keys: tuple[str, ...], common: np.ndarray) -> int:
         try:
@@ -83,31 +97,46 @@ class UniformSolver:
         except ValueError:
             key = str(self.format)
         if key not in keys:
-            raise ValueError(f"`format` {self.format!r} is not in the search space; "
-                             f"formats: {', '.join(keys)}")
+            raise ValueError(
+                f"`format` {self.format!r} is not in the search space; formats: {', '.join(keys)}"
+            )
         j = keys.index(key)
         if not common[j]:
             valid = [k for k, ok in zip(keys, common) if ok]
-            raise ValueError(f"`format` {key!r} is not allowed for every unit; formats allowed "
-                             f"for all units: {', '.join(valid) or 'none'}")
+            raise ValueError(
+                f"`format` {key!r} is not allowed for every unit; formats allowed "
+                f"for all units: {', '.join(valid) or 'none'}"
+            )
         return j
 
     @staticmethod
-    def _no_fit_message(problem: Problem, budget: Budget, totals: np.ndarray,
-                        space: SearchSpace) -> str:
+    def _no_fit_message(
+        problem: Problem, budget: Budget, totals: np.ndarray, space: SearchSpace
+    ) -> str:
         unit = "avg bits" if budget.kind.value == "avg_bits" else "bytes"
         mixed = budget.from_bits(problem.min_cost(), space)
         if not np.isfinite(totals).any():
-            return (f"no format is allowed for every unit, so no uniform plan exists "
-                    f"(the minimum with mixed formats is {mixed:.6g} {unit})")
+            return (
+                f"no format is allowed for every unit, so no uniform plan exists "
+                f"(the minimum with mixed formats is {mixed:.6g} {unit})"
+            )
         j = int(np.argmin(totals))
         need = budget.from_bits(float(totals[j]), space)
-        return (f"budget {budget.describe()} is below the minimum achievable {need:.6g} {unit} "
-                f"with one format for every unit ({space.keys[j]}); the minimum with mixed "
-                f"formats is {mixed:.6g} {unit}")
+        return (
+            f"budget {budget.describe()} is below the minimum achievable {need:.6g} {unit} "
+            f"with one format for every unit ({space.keys[j]}); the minimum with mixed "
+            f"formats is {mixed:.6g} {unit}"
+        )
 
-    def _infeasible(self, problem: Problem, table: SensitivityTable, budget: Budget,
-                    started: float, message: str) -> Solution:
+    def _infeasible(
+        self,
+        problem: Problem,
+        table: SensitivityTable,
+        budget: Budget,
+        started: float,
+        message: str,
+    ) -> Solution:
         sol = infeasible(problem, table, budget, provenance(self, table, budget, started))
-        return Solution(space=sol.space, choice=(), status=Status.INFEASIBLE, message=message,
-                        meta=sol.meta)
+        return Solution(
+            space=sol.space, choice=(), status=Status.INFEASIBLE, message=message, meta=sol.meta
+        )

@@ -25,8 +25,10 @@ def test_apply_matches_reference_and_restore_is_bit_exact(tiny_llama) -> None:
     for name, fmt in sol.assignment.items():
         expected = fake_quantize(before[f"{name}.weight"], fmt.bits, fmt.group_size, fmt.symmetric)
         assert torch.equal(modules[name].weight, expected)
-    assert not torch.equal(tiny_llama.model.layers[0].self_attn.q_proj.weight,
-                           before["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        tiny_llama.model.layers[0].self_attn.q_proj.weight,
+        before["model.layers.0.self_attn.q_proj.weight"],
+    )
     handle.restore()
     handle.restore()  # idempotent
     for k, v in tiny_llama.state_dict().items():

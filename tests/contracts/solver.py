@@ -27,9 +27,15 @@ FORMATS4 = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
 FORMATS5 = (*FORMATS4, "bf16")
 
 
-def random_table(seed: int, n_units: int = 7, formats: Sequence[str] = FORMATS5, *,
-                 mask_prob: float = 0.15, ties: Sequence[int] = (2,),
-                 keep_first: bool = True) -> SensitivityTable:
+def random_table(
+    seed: int,
+    n_units: int = 7,
+    formats: Sequence[str] = FORMATS5,
+    *,
+    mask_prob: float = 0.15,
+    ties: Sequence[int] = (2,),
+    keep_first: bool = True,
+) -> SensitivityTable:
     """A random table: shapes multiples of 64, values ~ sensitivity * 4**-bits * noise.
 
     ``ties`` gives the sizes of tie groups formed from the first units. ``mask_prob`` drops
@@ -62,8 +68,9 @@ def random_table(seed: int, n_units: int = 7, formats: Sequence[str] = FORMATS5,
     return SensitivityTable(space=space, values=values, estimator="random", meta={"seed": seed})
 
 
-def budget_between(table: SensitivityTable, frac: float, *,
-                   uniform_feasible: bool = True) -> Budget:
+def budget_between(
+    table: SensitivityTable, frac: float, *, uniform_feasible: bool = True
+) -> Budget:
     """An avg-bits budget at ``frac`` of the way from the minimum to the maximum cost."""
     p = Problem.build(table, Budget.avg_bits(32.0))
     lo = p.min_cost()
@@ -159,8 +166,13 @@ class SolverContract:
         solver = self.make(solver_name)
         exact = getattr(type(solver), "exact", False)
         for seed in range(10):
-            table = random_table(100 + seed, n_units=7, formats=FORMATS4, mask_prob=0.2,
-                                 ties=(2,) if seed % 2 else ())
+            table = random_table(
+                100 + seed,
+                n_units=7,
+                formats=FORMATS4,
+                mask_prob=0.2,
+                ties=(2,) if seed % 2 else (),
+            )
             budget = budget_between(table, 0.15 + 0.07 * seed)
             best = oracle(table, budget)
             sol = solver.solve(table, budget)

@@ -14,8 +14,14 @@ class ByteTokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def __call__(self, texts: Sequence[str], padding: bool = True, truncation: bool = True,
-                 return_tensors: str = "pt", max_length: int = 64) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        texts: Sequence[str],
+        padding: bool = True,
+        truncation: bool = True,
+        return_tensors: str = "pt",
+        max_length: int = 64,
+    ) -> dict[str, torch.Tensor]:
         rows = [self.encode(t)[:max_length] for t in texts]
         width = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -29,8 +35,14 @@ class ByteTokenizer:
 def tiny_config():  # noqa: ANN201 - transformers type
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from bitalloc.data import corpora
-from bitalloc.data import articles, corpus_names, sentences, text
+from bitalloc.data import articles, corpora, corpus_names, sentences, text
 
 
 def test_corpus_names() -> None:

@@ -62,8 +62,9 @@ def test_kl_matches_hand_computation(tiny_llama) -> None:
 def test_batch_size_and_callback(tiny_llama) -> None:
     w, calls = _windows(5), []
     one = evaluate_lm(tiny_llama, {}, w)["reference"]
-    two = evaluate_lm(tiny_llama, {}, w, batch_size=2,
-                      callback=lambda i, n: calls.append((i, n)))["reference"]
+    two = evaluate_lm(tiny_llama, {}, w, batch_size=2, callback=lambda i, n: calls.append((i, n)))[
+        "reference"
+    ]
     assert calls == [(2, 5), (4, 5), (5, 5)]
     assert two.ppl == pytest.approx(one.ppl, rel=1e-5)
 
@@ -76,7 +77,11 @@ def test_training_flags_restored(tiny_llama) -> None:
 
 def test_lmscore_to_dict() -> None:
     assert LMScore(ppl=2.0, kl=0.1, nll=0.69, n_tokens=7).to_dict() == {
-        "ppl": 2.0, "kl": 0.1, "nll": 0.69, "n_tokens": 7}
+        "ppl": 2.0,
+        "kl": 0.1,
+        "nll": 0.69,
+        "n_tokens": 7,
+    }
 
 
 def test_evaluate_lm_errors(tiny_llama) -> None:
@@ -99,8 +104,9 @@ SENTENCES = ["The cat sits on the mat.", "Stocks fell sharply on Monday.", "A sh
 
 
 def test_embedding_fidelity_identical_is_one(tiny_encoder, byte_tok) -> None:
-    fid = embedding_fidelity(tiny_encoder, copy.deepcopy(tiny_encoder), byte_tok, SENTENCES,
-                             batch_size=2)
+    fid = embedding_fidelity(
+        tiny_encoder, copy.deepcopy(tiny_encoder), byte_tok, SENTENCES, batch_size=2
+    )
     assert fid == pytest.approx(1.0, abs=1e-6)
 
 

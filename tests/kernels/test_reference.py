@@ -39,7 +39,9 @@ def test_sqnr_grows_with_bits(bits: int, min_db: float) -> None:
 def test_dequantize_inverts_quantize_exactly() -> None:
     w = torch.randn(8, 64)
     q, scale, zero = quantize(w, 4, 16)
-    manual = ((q.float() - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)).reshape(8, 64)
+    manual = ((q.float() - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)).reshape(
+        8, 64
+    )
     assert torch.equal(dequantize(q, scale, zero, w.shape), manual)
     assert torch.equal(fake_quantize(w, 4, 16), manual)
 

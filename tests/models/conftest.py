@@ -11,8 +11,14 @@ import torch
 def tiny_llama_config():  # noqa: ANN201 - transformers type
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
 
 
 def word_tokenizer():  # noqa: ANN201 - transformers type
@@ -46,8 +52,13 @@ def bert_folder(tmp_path: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=8, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     BertModel(config).save_pretrained(tmp_path / "bert")
     word_tokenizer().save_pretrained(tmp_path / "bert")
     return tmp_path / "bert"

@@ -79,7 +79,9 @@ def test_cache_dir_env(monkeypatch, tmp_path) -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, bitalloc.models, bitalloc.data; "
-            "print([m for m in ('torch', 'transformers', 'gensim', 'gguf') if m in sys.modules])")
+    code = (
+        "import sys, bitalloc.models, bitalloc.data; "
+        "print([m for m in ('torch', 'transformers', 'gensim', 'gguf') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

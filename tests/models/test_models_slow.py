@@ -71,7 +71,10 @@ def test_minilm(minilm) -> None:
     assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 37
     sentences = data.sentences("wikipedia-heldout", 16, seed=0)
     assert data.embedding_fidelity(model, model, tok, sentences) == pytest.approx(1.0, abs=1e-6)
-    emb = data.embed(model, tok, ["A cat sits on the mat.", "A feline rests on a rug.",
-                                  "Interest rates rose again."])
+    emb = data.embed(
+        model,
+        tok,
+        ["A cat sits on the mat.", "A feline rests on a rug.", "Interest rates rose again."],
+    )
     assert emb.shape == (3, 384)
     assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2]) + 0.2

@@ -19,9 +19,14 @@ FORMATS = parse_formats(["int2-g64", "int4-g64", "bf16"])
 
 def small_space() -> SearchSpace:
     allowed = ("int2-g64", "int4-g64", "bf16")
-    return SearchSpace(units=(Unit("a", (64, 128), allowed, tie="t"),
-                              Unit("b", (128, 64), allowed, tie="t"),
-                              Unit("c", (64, 64), allowed[1:])), formats=FORMATS)
+    return SearchSpace(
+        units=(
+            Unit("a", (64, 128), allowed, tie="t"),
+            Unit("b", (128, 64), allowed, tie="t"),
+            Unit("c", (64, 64), allowed[1:]),
+        ),
+        formats=FORMATS,
+    )
 
 
 def test_constructors_and_capacity() -> None:
@@ -38,14 +43,20 @@ def test_constructors_and_capacity() -> None:
     assert b.describe() == "3 avg bits" and Budget.bytes(1234).describe() == "1,234 bytes"
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: Budget.avg_bits(0), "`avg_bits`"), (lambda: Budget.avg_bits(-1), "`avg_bits`"),
-    (lambda: Budget.avg_bits(33), "`avg_bits`"), (lambda: Budget.bytes(0), "`bytes`"),
-    (lambda: Budget.avg_bits(math.nan), "finite"), (lambda: Budget.bytes(math.inf), "finite"),
-    (lambda: Budget(BudgetKind.AVG_BITS, True), "finite number"),
-    (lambda: Budget(BudgetKind.AVG_BITS, "3"), "finite number"),
-    (lambda: Budget("volume", 3.0), "volume"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Budget.avg_bits(0), "`avg_bits`"),
+        (lambda: Budget.avg_bits(-1), "`avg_bits`"),
+        (lambda: Budget.avg_bits(33), "`avg_bits`"),
+        (lambda: Budget.bytes(0), "`bytes`"),
+        (lambda: Budget.avg_bits(math.nan), "finite"),
+        (lambda: Budget.bytes(math.inf), "finite"),
+        (lambda: Budget(BudgetKind.AVG_BITS, True), "finite number"),
+        (lambda: Budget(BudgetKind.AVG_BITS, "3"), "finite number"),
+        (lambda: Budget("volume", 3.0), "volume"),
+    ],
+)
 def test_invalid_budgets(make, match: str) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=match):
         make()

@@ -9,19 +9,22 @@ import pytest
 from bitalloc.search.formats import QuantFormat, parse_formats
 
 
-@pytest.mark.parametrize("key, shape, nbytes", [
-    # codes + fp16 scales + bit-packed zero points
-    ("int4-g128", (256, 256), 32768 + 512 * 2 + 256),       # 34048
-    ("int3-g64-sym", (10, 192), 720 + 30 * 2),              # no zeros: 780
-    ("int3-g64", (10, 192), 720 + 30 * 2 + 12),             # ceil(30*3/8) = 12 zero bytes
-    ("int8-pc", (3, 5), 15 + 3 * 2 + 3),                    # per-channel: 3 groups
-    ("int8-pc-sym", (3, 5), 15 + 3 * 2),
-    ("int4-pc", (3, 5), 8 + 3 * 2 + 2),                     # ceil(60/8)=8, ceil(12/8)=2
-    ("int5-g64", (1, 64), 40 + 2 + 1),
-    ("int2-g4", (8, 4, 3, 3), 72 + 72 * 2 + 18),            # conv: in = 4*3*3 = 36
-    ("bf16", (7, 3), 42),
-    ("fp16", (7, 3), 42),
-])
+@pytest.mark.parametrize(
+    "key, shape, nbytes",
+    [
+        # codes + fp16 scales + bit-packed zero points
+        ("int4-g128", (256, 256), 32768 + 512 * 2 + 256),  # 34048
+        ("int3-g64-sym", (10, 192), 720 + 30 * 2),  # no zeros: 780
+        ("int3-g64", (10, 192), 720 + 30 * 2 + 12),  # ceil(30*3/8) = 12 zero bytes
+        ("int8-pc", (3, 5), 15 + 3 * 2 + 3),  # per-channel: 3 groups
+        ("int8-pc-sym", (3, 5), 15 + 3 * 2),
+        ("int4-pc", (3, 5), 8 + 3 * 2 + 2),  # ceil(60/8)=8, ceil(12/8)=2
+        ("int5-g64", (1, 64), 40 + 2 + 1),
+        ("int2-g4", (8, 4, 3, 3), 72 + 72 * 2 + 18),  # conv: in = 4*3*3 = 36
+        ("bf16", (7, 3), 42),
+        ("fp16", (7, 3), 42),
+    ],
+)
 def test_nbytes_by_hand(key: str, shape: tuple[int, ...], nbytes: int) -> None:
     fmt = QuantFormat.parse(key)
     assert fmt.supports(shape)
@@ -46,11 +49,18 @@ def test_conv_group_not_dividing_in_features() -> None:
     assert not QuantFormat.parse("int4-g64").supports((64,))  # 1-D weights are never searched
 
 
-@pytest.mark.parametrize("key, bits, group, sym", [
-    ("int4-g128", 4, 128, False), ("int3-g64-sym", 3, 64, True), ("int8-pc", 8, None, False),
-    ("int8-pc-sym", 8, None, True), ("int2-g32", 2, 32, False), ("bf16", 16, None, True),
-    ("fp16", 16, None, True),
-])
+@pytest.mark.parametrize(
+    "key, bits, group, sym",
+    [
+        ("int4-g128", 4, 128, False),
+        ("int3-g64-sym", 3, 64, True),
+        ("int8-pc", 8, None, False),
+        ("int8-pc-sym", 8, None, True),
+        ("int2-g32", 2, 32, False),
+        ("bf16", 16, None, True),
+        ("fp16", 16, None, True),
+    ],
+)
 def test_parse_and_round_trip(key: str, bits: int, group: int | None, sym: bool) -> None:
     fmt = QuantFormat.parse(key)
     assert (fmt.bits, fmt.group_size, fmt.symmetric) == (bits, group, sym)
@@ -66,11 +76,19 @@ def test_parse_normalises_case_and_space() -> None:
     assert QuantFormat.parse("bf16") != QuantFormat.parse("fp16")
 
 
-@pytest.mark.parametrize("key, match", [
-    ("int9-g128", "`bits`"), ("int1-g64", "`bits`"), ("int4-g0", "`group_size`"),
-    ("int4", "unknown format key"), ("int4-g128-asym", "unknown format key"),
-    ("q4_k", "unknown format key"), ("", "unknown format key"), ("int4-gx", "unknown format key"),
-])
+@pytest.mark.parametrize(
+    "key, match",
+    [
+        ("int9-g128", "`bits`"),
+        ("int1-g64", "`bits`"),
+        ("int4-g0", "`group_size`"),
+        ("int4", "unknown format key"),
+        ("int4-g128-asym", "unknown format key"),
+        ("q4_k", "unknown format key"),
+        ("", "unknown format key"),
+        ("int4-gx", "unknown format key"),
+    ],
+)
 def test_bad_keys(key: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         QuantFormat.parse(key)
@@ -90,8 +108,10 @@ def test_bad_constructor_arguments() -> None:
 
 
 def test_parse_formats() -> None:
-    assert [f.key for f in parse_formats("int4-g128,int2-g128,int4-g128")] == ["int4-g128",
-                                                                               "int2-g128"]
+    assert [f.key for f in parse_formats("int4-g128,int2-g128,int4-g128")] == [
+        "int4-g128",
+        "int2-g128",
+    ]
     assert [f.key for f in parse_formats(["int8-pc", QuantFormat(bits=16)])] == ["int8-pc", "bf16"]
     with pytest.raises(ValueError, match="`formats` is empty"):
         parse_formats([])

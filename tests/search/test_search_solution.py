@@ -16,14 +16,24 @@ FORMATS = parse_formats(["int2-g64", "int4-g64", "bf16"])
 
 
 def make_solution(status: Status = Status.OPTIMAL) -> Solution:
-    space = SearchSpace(units=(Unit("l0.q", (64, 64), ("int2-g64", "int4-g64"), tie="qk"),
-                               Unit("l0.k", (32, 64), ("int2-g64", "int4-g64"), tie="qk"),
-                               Unit("l0.o", (64, 128), ("int2-g64", "int4-g64", "bf16"))),
-                        formats=FORMATS)
+    space = SearchSpace(
+        units=(
+            Unit("l0.q", (64, 64), ("int2-g64", "int4-g64"), tie="qk"),
+            Unit("l0.k", (32, 64), ("int2-g64", "int4-g64"), tie="qk"),
+            Unit("l0.o", (64, 128), ("int2-g64", "int4-g64", "bf16")),
+        ),
+        formats=FORMATS,
+    )
     if status is Status.INFEASIBLE:
         return Solution(space=space, choice=(), status=status, message="below 2.3 avg bits")
-    return Solution(space=space, choice=("int4-g64", "int4-g64", "bf16"), status=status,
-                    objective=0.125, message="ok", meta={"solver": "ilp", "gap": 0.0})
+    return Solution(
+        space=space,
+        choice=("int4-g64", "int4-g64", "bf16"),
+        status=status,
+        objective=0.125,
+        message="ok",
+        meta={"solver": "ilp", "gap": 0.0},
+    )
 
 
 def test_views() -> None:
@@ -50,11 +60,14 @@ def test_infeasible_round_trip(tmp_path: Path) -> None:
     assert loaded.message == sol.message and math.isnan(loaded.objective)
 
 
-@pytest.mark.parametrize("choice, match", [
-    (("int4-g64", "int4-g64"), "2 entries for 3 units"),
-    (("int4-g64", "int4-g64", "int8-pc"), "cannot take format 'int8-pc'"),
-    (("int4-g64", "int2-g64", "bf16"), "tie group 'qk'"),
-])
+@pytest.mark.parametrize(
+    "choice, match",
+    [
+        (("int4-g64", "int4-g64"), "2 entries for 3 units"),
+        (("int4-g64", "int4-g64", "int8-pc"), "cannot take format 'int8-pc'"),
+        (("int4-g64", "int2-g64", "bf16"), "tie group 'qk'"),
+    ],
+)
 def test_invalid_choices(choice: tuple[str, ...], match: str) -> None:
     space = make_solution().space
     with pytest.raises(ValueError, match=match):
@@ -74,10 +87,15 @@ def test_malformed_files(tmp_path: Path) -> None:
         "list.json": json.dumps([1, 2]),
         "status.json": json.dumps({**good, "status": "great"}),
     }
-    matches = {"corrupt.json": "not valid JSON", "type.json": "not a bitalloc plan",
-               "version.json": "unsupported plan version", "units.json": "different units",
-               "missing.json": "malformed plan", "list.json": "not a bitalloc plan",
-               "status.json": "great"}
+    matches = {
+        "corrupt.json": "not valid JSON",
+        "type.json": "not a bitalloc plan",
+        "version.json": "unsupported plan version",
+        "units.json": "different units",
+        "missing.json": "malformed plan",
+        "list.json": "not a bitalloc plan",
+        "status.json": "great",
+    }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=matches[name]):

@@ -16,14 +16,22 @@ FORMATS = ["int4-g32", "int8-pc"]
 
 def toy_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.ModuleDict({
-        "embed": nn.Embedding(10, 64),
-        "attn": nn.ModuleDict({"q": nn.Linear(64, 64), "k": nn.Linear(64, 32),
-                               "v": nn.Linear(64, 32), "o": nn.Linear(64, 64)}),
-        "mlp": nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64)),
-        "conv": nn.Conv2d(4, 8, 3),
-        "lm_head": nn.Linear(64, 10),
-    })
+    return nn.ModuleDict(
+        {
+            "embed": nn.Embedding(10, 64),
+            "attn": nn.ModuleDict(
+                {
+                    "q": nn.Linear(64, 64),
+                    "k": nn.Linear(64, 32),
+                    "v": nn.Linear(64, 32),
+                    "o": nn.Linear(64, 64),
+                }
+            ),
+            "mlp": nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64)),
+            "conv": nn.Conv2d(4, 8, 3),
+            "lm_head": nn.Linear(64, 10),
+        }
+    )
 
 
 def test_discovery_defaults() -> None:
@@ -40,9 +48,15 @@ def test_discovery_defaults() -> None:
 def test_include_exclude() -> None:
     model = toy_model()
     assert SearchSpace.from_model(model, FORMATS, include=["attn.*"]).names == (
-        "attn.q", "attn.k", "attn.v", "attn.o")
-    assert SearchSpace.from_model(model, FORMATS, include=r"re:mlp\.\d").names == ("mlp.0",
-                                                                                  "mlp.2")
+        "attn.q",
+        "attn.k",
+        "attn.v",
+        "attn.o",
+    )
+    assert SearchSpace.from_model(model, FORMATS, include=r"re:mlp\.\d").names == (
+        "mlp.0",
+        "mlp.2",
+    )
     names = SearchSpace.from_model(model, FORMATS, exclude=["re:.*conv.*", "attn.?"]).names
     assert names == ("mlp.0", "mlp.2", "lm_head")
     assert "lm_head" in SearchSpace.from_model(model, FORMATS, exclude=[]).names
@@ -58,12 +72,15 @@ def test_tie_regex() -> None:
     assert single.tie_groups() == {}  # a group of one is no tie
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    ({"tie": [r"re:attn\.(?:q|k)"]}, ValueError, "capture group"),
-    ({"include": ["re:("]}, ValueError, "`include` pattern .* is not a valid regex"),
-    ({"exclude": [3]}, TypeError, "`exclude` patterns must be strings"),
-    ({"include": ["nothing*"]}, ValueError, "empty"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"tie": [r"re:attn\.(?:q|k)"]}, ValueError, "capture group"),
+        ({"include": ["re:("]}, ValueError, "`include` pattern .* is not a valid regex"),
+        ({"exclude": [3]}, TypeError, "`exclude` patterns must be strings"),
+        ({"include": ["nothing*"]}, ValueError, "empty"),
+    ],
+)
 def test_discovery_errors(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         SearchSpace.from_model(toy_model(), FORMATS, **kwargs)
@@ -82,14 +99,22 @@ def test_json_round_trip_and_fingerprint() -> None:
     assert other.names == ("attn.q", "mlp.0") and other.fingerprint() != space.fingerprint()
 
 
-@pytest.mark.parametrize("units, match", [
-    ((), "empty"),
-    ((Unit("a", (64, 64), ("int8-pc",)), Unit("a", (64, 64), ("int8-pc",))), "duplicate"),
-    ((Unit("a", (64, 64), ("int3-g64",)),), "not in the space"),
-    ((Unit("a", (64, 64), ()),), "can take none"),
-    ((Unit("a", (64, 64), ("int4-g32",), tie="t"), Unit("b", (64, 64), ("int8-pc",), tie="t")),
-     "tie group 't' has no format"),
-])
+@pytest.mark.parametrize(
+    "units, match",
+    [
+        ((), "empty"),
+        ((Unit("a", (64, 64), ("int8-pc",)), Unit("a", (64, 64), ("int8-pc",))), "duplicate"),
+        ((Unit("a", (64, 64), ("int3-g64",)),), "not in the space"),
+        ((Unit("a", (64, 64), ()),), "can take none"),
+        (
+            (
+                Unit("a", (64, 64), ("int4-g32",), tie="t"),
+                Unit("b", (64, 64), ("int8-pc",), tie="t"),
+            ),
+            "tie group 't' has no format",
+        ),
+    ],
+)
 def test_invalid_spaces(units: tuple[Unit, ...], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SearchSpace(units=units, formats=parse_formats(FORMATS))
@@ -104,17 +129,31 @@ def test_auto_ties_on_tiny_llama() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = LlamaForCausalLM(cfg).eval()
     space = SearchSpace.from_model(model, ["int4-g32", "int8-g32"], tie="auto")
     assert len(space) == 14 and "lm_head" not in space.names
-    groups = sorted(sorted(space.names[i].split(".")[-1] for i in idx)
-                    for idx in space.tie_groups().values())
+    groups = sorted(
+        sorted(space.names[i].split(".")[-1] for i in idx) for idx in space.tie_groups().values()
+    )
     assert groups == [["gate_proj", "up_proj"]] * 2 + [["k_proj", "q_proj", "v_proj"]] * 2
     for i in range(2):
-        assert len({space.units[space.index(f"model.layers.{i}.{n}")].tie
-                    for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}) == 1
+        assert (
+            len(
+                {
+                    space.units[space.index(f"model.layers.{i}.{n}")].tie
+                    for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+                }
+            )
+            == 1
+        )
         for lone in ("self_attn.o_proj", "mlp.down_proj"):
             assert space.units[space.index(f"model.layers.{i}.{lone}")].tie is None
     layer0 = {space.units[i].tie for i in range(7)} - {None}

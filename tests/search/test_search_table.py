@@ -15,12 +15,21 @@ FORMATS = parse_formats(["int2-g64", "int4-g64", "int8-pc"])
 
 
 def make_table() -> SensitivityTable:
-    space = SearchSpace(units=(Unit("a", (64, 128), ("int2-g64", "int4-g64", "int8-pc")),
-                               Unit("b", (32, 96), ("int8-pc",))), formats=FORMATS)
+    space = SearchSpace(
+        units=(
+            Unit("a", (64, 128), ("int2-g64", "int4-g64", "int8-pc")),
+            Unit("b", (32, 96), ("int8-pc",)),
+        ),
+        formats=FORMATS,
+    )
     rng = np.random.default_rng(0)
     values = rng.lognormal(size=(2, 3))
-    return SensitivityTable(space=space, values=values, estimator="fisher",
-                            meta={"model": "toy", "n": np.int64(3), "shape": (1, 2)})
+    return SensitivityTable(
+        space=space,
+        values=values,
+        estimator="fisher",
+        meta={"model": "toy", "n": np.int64(3), "shape": (1, 2)},
+    )
 
 
 def test_not_allowed_entries_become_inf() -> None:

@@ -17,14 +17,17 @@ FORMATS = ["int2-g32", "int3-g32", "int4-g32", "int8-g32"]
 
 def toy_mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.GELU(),
-                         nn.Linear(64, 32)).eval()
+    return nn.Sequential(
+        nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.GELU(), nn.Linear(64, 32)
+    ).eval()
 
 
 def mlp_calib(n: int = 3) -> Calibration:
     gen = torch.Generator().manual_seed(5)
-    return Calibration(batches=tuple(torch.randn(4, 16, 64, generator=gen) for _ in range(n)),
-                       forward=lambda m, b: m(b))
+    return Calibration(
+        batches=tuple(torch.randn(4, 16, 64, generator=gen) for _ in range(n)),
+        forward=lambda m, b: m(b),
+    )
 
 
 @pytest.fixture(params=ESTIMATORS.names())
@@ -54,20 +57,25 @@ class TestEstimatorContract:
         calib = Calibration(batches=(torch.randn(2, 48),), forward=lambda m, b: m(b))
         space = SearchSpace.from_model(model, ["int4-g16", "int8-pc"])
         values = estimate(model, space, calib, name).values
-        assert np.isinf(values[1, 0]) and np.isfinite(values[0]).all() and np.isfinite(values[1, 1])
+        assert (
+            np.isinf(values[1, 0]) and np.isfinite(values[0]).all() and np.isfinite(values[1, 1])
+        )
 
 
 def test_layer_error_equals_direct_output_error() -> None:
     model, calib = toy_mlp(), mlp_calib()
     space = SearchSpace.from_model(model, FORMATS)
-    table = estimate(model, space, calib, "layer_error")
+    raw = estimate(model, space, calib, "layer_error", normalize=False)
+    nmse = estimate(model, space, calib, "layer_error")
     # direct: mean over tokens of ||(Q(W) - W) x||^2 at the first layer
     x = torch.cat([b.reshape(-1, 64) for b in calib.batches]).double()
     w = model[0].weight.detach()
+    energy = float((x @ w.double().T).pow(2).sum())
     for j, (bits, gs) in enumerate([(2, 32), (3, 32), (4, 32), (8, 32)]):
         dw = (fake_quantize(w, bits, gs) - w).double()
-        direct = float((x @ dw.T).pow(2).sum(dim=1).mean())
-        assert table.values[0, j] == pytest.approx(direct, rel=1e-4)
+        direct = (x @ dw.T).pow(2).sum(dim=1)
+        assert raw.values[0, j] == pytest.approx(float(direct.mean()), rel=1e-4)
+        assert nmse.values[0, j] == pytest.approx(float(direct.sum()) / energy, rel=1e-4)
 
 
 def test_layer_error_shares_hessian_of_fused_inputs(tiny_llama, tiny_calib) -> None:
@@ -85,9 +93,12 @@ def test_layer_error_shares_hessian_of_fused_inputs(tiny_llama, tiny_calib) -> N
 def test_weight_error_is_data_free_and_exact() -> None:
     model = toy_mlp()
     space = SearchSpace.from_model(model, ["int3-g32"])
-    table = estimate(model, space, None, "weight_error")
+    raw = estimate(model, space, None, "weight_error", normalize=False)
+    rel = estimate(model, space, None, "weight_error")
     w = model[2].weight.detach()
-    assert table.values[1, 0] == pytest.approx(float((fake_quantize(w, 3, 32) - w).pow(2).sum()))
+    err = float((fake_quantize(w, 3, 32) - w).pow(2).sum())
+    assert raw.values[1, 0] == pytest.approx(err)
+    assert rel.values[1, 0] == pytest.approx(err / float(w.pow(2).sum()))
 
 
 def test_layer_error_needs_calibration() -> None:
@@ -103,7 +114,9 @@ def test_nan_activations_are_reported() -> None:
     bad = torch.randn(2, 8, 64)
     bad[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        estimate(model, space, Calibration(batches=(bad,), forward=lambda m, b: m(b)), "layer_error")
+        estimate(
+            model, space, Calibration(batches=(bad,), forward=lambda m, b: m(b)), "layer_error"
+        )
 
 
 def test_space_mismatch_is_reported() -> None:

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from contracts.solver import FORMATS4, FORMATS5, budget_between, oracle, random_table
 
 from bitalloc.search.budget import Budget
 from bitalloc.search.formats import parse_formats
@@ -16,7 +17,6 @@ from bitalloc.search.space import SearchSpace, Unit
 from bitalloc.search.table import SensitivityTable
 from bitalloc.solvers import SOLVERS, BruteForceSolver, GreedySolver, UniformSolver
 from bitalloc.solvers._mckp import best_value_choice, greedy_choice, lp_bound, repair
-from contracts.solver import FORMATS4, FORMATS5, budget_between, oracle, random_table
 
 
 def test_registry_lists_builtins() -> None:
@@ -30,15 +30,22 @@ def test_lp_bound_matches_scipy_linprog() -> None:
 
     for seed in range(12):
         table = random_table(seed, n_units=9, formats=FORMATS5, mask_prob=0.25, ties=(2,))
-        problem = Problem.build(table, budget_between(table, 0.1 + 0.07 * seed,
-                                                      uniform_feasible=False))
+        problem = Problem.build(
+            table, budget_between(table, 0.1 + 0.07 * seed, uniform_feasible=False)
+        )
         gi, ji = np.nonzero(problem.allowed)
         a_eq = np.zeros((problem.n_groups, len(gi)))
         a_eq[gi, np.arange(len(gi))] = 1.0
         scale = table.space.numel
-        res = linprog(problem.values[gi, ji], A_ub=problem.costs[gi, ji][None, :] / scale,
-                      b_ub=[problem.capacity / scale], A_eq=a_eq, b_eq=np.ones(problem.n_groups),
-                      bounds=(0, 1), method="highs")
+        res = linprog(
+            problem.values[gi, ji],
+            A_ub=problem.costs[gi, ji][None, :] / scale,
+            b_ub=[problem.capacity / scale],
+            A_eq=a_eq,
+            b_eq=np.ones(problem.n_groups),
+            bounds=(0, 1),
+            method="highs",
+        )
         assert res.status == 0
         assert math.isclose(lp_bound(problem), res.fun, rel_tol=1e-7, abs_tol=1e-12)
 
@@ -54,8 +61,9 @@ def test_repair_reaches_the_budget() -> None:
 
 
 def test_best_value_choice_breaks_ties_by_cost() -> None:
-    space = SearchSpace(units=(Unit("a", (64, 64), FORMATS4[:2]),),
-                        formats=parse_formats(FORMATS4[:2]))
+    space = SearchSpace(
+        units=(Unit("a", (64, 64), FORMATS4[:2]),), formats=parse_formats(FORMATS4[:2])
+    )
     table = SensitivityTable(space=space, values=np.array([[1.0, 1.0]]), estimator="t")
     assert best_value_choice(Problem.build(table, Budget.avg_bits(32))).tolist() == [0]
 
@@ -97,8 +105,9 @@ def test_greedy_is_fast_on_many_groups() -> None:
 def test_uniform_picks_largest_fitting_format() -> None:
     table = random_table(2, n_units=6, mask_prob=0.0, ties=(2,))
     space = table.space
-    per_fmt = {f.key: 8 * sum(f.nbytes(u.shape) for u in space.units) / space.numel
-               for f in space.formats}
+    per_fmt = {
+        f.key: 8 * sum(f.nbytes(u.shape) for u in space.units) / space.numel for f in space.formats
+    }
     budget = Budget.avg_bits(per_fmt["int4-g64"] + 1e-6)
     sol = UniformSolver().solve(table, budget)
     assert set(sol.choice) == {"int4-g64"} and sol.status is Status.FEASIBLE
@@ -126,8 +135,9 @@ def test_uniform_forced_format() -> None:
 def test_uniform_forced_format_not_allowed_everywhere() -> None:
     fmts = random_table(0).space.formats
     units = (Unit("a", (64, 64), ("int2-g64", "int4-g64")), Unit("b", (64, 64), ("int2-g64",)))
-    table = SensitivityTable(space=SearchSpace(units=units, formats=fmts),
-                             values=np.ones((2, len(fmts))), estimator="t")
+    table = SensitivityTable(
+        space=SearchSpace(units=units, formats=fmts), values=np.ones((2, len(fmts))), estimator="t"
+    )
     with pytest.raises(ValueError, match="`format` 'int4-g64' is not allowed for every unit"):
         UniformSolver(format="int4-g64").solve(table, Budget.avg_bits(8.0))
     assert set(UniformSolver().solve(table, Budget.avg_bits(8.0)).choice) == {"int2-g64"}
@@ -136,8 +146,9 @@ def test_uniform_forced_format_not_allowed_everywhere() -> None:
 def test_uniform_without_common_format_is_infeasible() -> None:
     fmts = random_table(0).space.formats
     units = (Unit("a", (64, 64), ("int4-g64",)), Unit("b", (64, 64), ("int2-g64",)))
-    table = SensitivityTable(space=SearchSpace(units=units, formats=fmts),
-                             values=np.ones((2, len(fmts))), estimator="t")
+    table = SensitivityTable(
+        space=SearchSpace(units=units, formats=fmts), values=np.ones((2, len(fmts))), estimator="t"
+    )
     sol = UniformSolver().solve(table, Budget.avg_bits(8.0))
     assert sol.status is Status.INFEASIBLE and "no format is allowed for every unit" in sol.message
 
@@ -145,8 +156,9 @@ def test_uniform_without_common_format_is_infeasible() -> None:
 # ---------------------------------------------------------------------- brute force
 def test_brute_force_matches_itertools() -> None:
     for seed in range(8):
-        table = random_table(seed, n_units=5, formats=FORMATS4, mask_prob=0.3, ties=(2,),
-                             keep_first=False)
+        table = random_table(
+            seed, n_units=5, formats=FORMATS4, mask_prob=0.3, ties=(2,), keep_first=False
+        )
         budget = budget_between(table, 0.3, uniform_feasible=False)
         problem = Problem.build(table, budget)
         best = math.inf

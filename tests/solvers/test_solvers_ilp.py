@@ -9,31 +9,42 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from contracts.solver import FORMATS4, FORMATS5, budget_between, oracle, random_table
 
 from bitalloc.search.budget import Budget
 from bitalloc.search.problem import Problem
 from bitalloc.search.solution import Status
 from bitalloc.solvers import SOLVERS, IlpSolver
 from bitalloc.solvers import ilp as ilp_module
-from contracts.solver import FORMATS4, FORMATS5, budget_between, oracle, random_table
 
 HAS_HIGHS = importlib.util.find_spec("highspy") is not None
-BACKENDS = ["cbc", pytest.param("highs", marks=pytest.mark.skipif(not HAS_HIGHS,
-                                                                   reason="highspy missing"))]
+BACKENDS = [
+    "cbc",
+    pytest.param("highs", marks=pytest.mark.skipif(not HAS_HIGHS, reason="highspy missing")),
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_brute_force(backend: str) -> None:
     for seed in range(30):
         n_units = 6 + seed % 3
-        table = random_table(seed, n_units=n_units, formats=FORMATS4, mask_prob=0.2,
-                             ties=((2,), (), (3,), (2, 2))[seed % 4], keep_first=seed % 5 != 0)
+        table = random_table(
+            seed,
+            n_units=n_units,
+            formats=FORMATS4,
+            mask_prob=0.2,
+            ties=((2,), (), (3,), (2, 2))[seed % 4],
+            keep_first=seed % 5 != 0,
+        )
         budget = budget_between(table, 0.05 + 0.03 * seed, uniform_feasible=False)
         best = oracle(table, budget)
         sol = IlpSolver(backend=backend).solve(table, budget)
         assert sol.status is Status.OPTIMAL, sol.message
-        assert math.isclose(sol.objective, best.objective, rel_tol=1e-9), (seed, sol.choice,
-                                                                            best.choice)
+        assert math.isclose(sol.objective, best.objective, rel_tol=1e-9), (
+            seed,
+            sol.choice,
+            best.choice,
+        )
         assert budget.residual(sol) >= 0
         assert sol.meta["backend"] == backend
         assert sol.meta["lp_bound"] <= best.objective * (1 + 1e-12)
@@ -54,9 +65,12 @@ def test_meta_and_not_binding() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_prints_nothing_and_leaves_no_files(backend: str, capfd: pytest.CaptureFixture[str],
-                                            tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prints_nothing_and_leaves_no_files(
+    backend: str,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """HiGHS prints a banner from C++ even with msg=False; CBC writes .mps/.sol files."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     table = random_table(4)
@@ -68,7 +82,8 @@ def test_prints_nothing_and_leaves_no_files(backend: str, capfd: pytest.CaptureF
 
 
 def test_auto_backend_switches_to_highs_for_large_problems(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     table = random_table(2)
     budget = budget_between(table, 0.4)
     assert IlpSolver().solve(table, budget).meta["backend"] == "cbc"
@@ -79,18 +94,26 @@ def test_auto_backend_switches_to_highs_for_large_problems(
 
 def test_highs_requested_without_highspy(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(ilp_module.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "highspy" else real(name, *a))
+    monkeypatch.setattr(
+        ilp_module.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "highspy" else real(name, *a),
+    )
     table = random_table(2)
     with pytest.raises(ValueError, match="backend.*highspy"):
         IlpSolver(backend="highs").solve(table, budget_between(table, 0.4))
     assert IlpSolver().solve(table, budget_between(table, 0.4)).meta["backend"] == "cbc"
 
 
-@pytest.mark.parametrize("opts, match", [({"backend": "gurobi"}, "backend"),
-                                         ({"time_limit_s": 0}, "time_limit_s"),
-                                         ({"mip_rel_gap": 1.5}, "mip_rel_gap"),
-                                         ({"mip_rel_gap": -1e-3}, "mip_rel_gap")])
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        ({"backend": "gurobi"}, "backend"),
+        ({"time_limit_s": 0}, "time_limit_s"),
+        ({"mip_rel_gap": 1.5}, "mip_rel_gap"),
+        ({"mip_rel_gap": -1e-3}, "mip_rel_gap"),
+    ],
+)
 def test_bad_options(opts: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         IlpSolver(**opts)  # type: ignore[arg-type]
@@ -154,8 +177,9 @@ def test_real_time_limit_returns_a_plan() -> None:
     """A 3,000-group instance with a tiny time limit still yields a plan within budget."""
     table = random_table(0, n_units=3000, formats=FORMATS5, ties=(), mask_prob=0.0)
     budget = budget_between(table, 0.35)
-    sol = IlpSolver(backend="highs" if HAS_HIGHS else "cbc", time_limit_s=0.05,
-                    mip_rel_gap=0.0).solve(table, budget)
+    sol = IlpSolver(
+        backend="highs" if HAS_HIGHS else "cbc", time_limit_s=0.05, mip_rel_gap=0.0
+    ).solve(table, budget)
     assert sol.status in (Status.OPTIMAL, Status.LIMIT, Status.FEASIBLE)
     assert budget.residual(sol) >= 0
     assert sol.objective >= sol.meta["lp_bound"] * (1 - 1e-12)

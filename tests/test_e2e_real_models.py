@@ -1,4 +1,4 @@
-"""Slow end-to-end runs on the real SmolLM2-135M (run by `make test` / .ci/run)."""
+"""Slow end-to-end runs on the real SmolLM2-135M and MiniLM (run by `make test` and .ci/run)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,44 @@ def test_search_apply_eval_on_smollm2(smollm2) -> None:
 
 def test_cli_search_and_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan = tmp_path / "plan.json"
-    assert main(["search", "--model", "smollm2-135m", "--avg-bits", "3.0", "--n-samples", "2",
-                 "--seq-len", "128", "--out", str(plan), "-q"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--model",
+                "smollm2-135m",
+                "--avg-bits",
+                "3.0",
+                "--n-samples",
+                "2",
+                "--seq-len",
+                "128",
+                "--out",
+                str(plan),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert json.loads(plan.read_text())["meta"]["model"] == "smollm2-135m"
     capsys.readouterr()
     assert main(["eval", str(plan), "--json", "--windows", "1", "--seq-len", "128", "-q"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["plan"]["avg_bits"] <= 3.0 and res["plan"]["kl"] < res["uniform"]["kl"]
+
+
+def test_minilm_search_and_embedding_fidelity(tmp_path: Path, capsys) -> None:
+    plan = tmp_path / "minilm.json"
+    assert (
+        main(["search", "--model", "minilm-l6", "--avg-bits", "3.5", "--n-samples", "4",
+              "--seq-len", "128", "--out", str(plan), "-q"])
+        == 0
+    )
+    data = json.loads(plan.read_text())
+    assert len(data["assignment"]) == 36 and data["avg_bits"] <= 3.5
+    capsys.readouterr()
+    assert main(["eval", str(plan), "--json", "-q"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["reference"]["fidelity"] == 1.0
+    assert res["uniform"]["format"] == "int3-g64"
+    assert 0.5 < res["uniform"]["fidelity"] < res["plan"]["fidelity"] < 1.0
