@@ -26,8 +26,9 @@ class Registry(Generic[T]):
         """Class decorator registering an implementation under ``name``."""
 
         def deco(cls: type[T]) -> type[T]:
-            if name in self._classes or name in self._lazy:
+            if name in self._classes:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._lazy.pop(name, None)  # a lazy entry is fulfilled by its module's import
             self._classes[name] = cls
             cls.name = name  # type: ignore[attr-defined]
             return cls

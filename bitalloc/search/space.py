@@ -27,31 +27,53 @@ DEFAULT_EXCLUDE = ("re:(.*\\.)?lm_head", "re:(.*\\.)?(embed|wte|wpe|embeddings)(
 
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """One searchable weight.
+    """One searchable weight, or one slice of output channels of a weight.
 
     Args:
-        name: FQN of the module owning the weight (``model.layers.0.self_attn.q_proj``).
-        shape: weight shape, ``(out_features, in_features[, kh, kw])``.
+        name: unique id; the module's FQN (``model.layers.0.self_attn.q_proj``) for a whole
+            weight, ``FQN[start:stop]`` for a channel slice.
+        shape: shape of the searched weight (slice), ``(out, in[, kh, kw])``.
         allowed: keys of the formats this unit may take (a subset of the space's formats).
         tie: tie-group label; units sharing a label must share a format. ``None`` = free.
+        channels: ``(start, stop)`` output rows of the module's weight this unit covers;
+            ``None`` = the whole weight.
     """
 
     name: str
     shape: tuple[int, ...]
     allowed: tuple[str, ...]
     tie: str | None = None
+    channels: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels is not None:
+            start, stop = (int(c) for c in self.channels)
+            if not 0 <= start < stop or stop - start != self.shape[0]:
+                raise ValueError(
+                    f"unit {self.name!r}: `channels` {self.channels} must be a (start, stop) "
+                    f"slice of {self.shape[0]} rows"
+                )
+            object.__setattr__(self, "channels", (start, stop))
+
+    @property
+    def fqn(self) -> str:
+        """FQN of the module that owns the weight."""
+        return self.name if self.channels is None else self.name.rsplit("[", 1)[0]
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.shape),
             "allowed": list(self.allowed),
             "tie": self.tie,
         }
+        if self.channels is not None:
+            d["channels"] = list(self.channels)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Unit:
@@ -60,6 +82,7 @@ class Unit:
             shape=tuple(int(s) for s in d["shape"]),
             allowed=tuple(str(a) for a in d["allowed"]),
             tie=d.get("tie"),
+            channels=tuple(d["channels"]) if d.get("channels") is not None else None,
         )
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..search.calibration import Calibration
-    from ..search.space import SearchSpace
+    from ..search.space import SearchSpace, Unit
     from ..search.table import SensitivityTable
 
 Progress = Callable[[int, int, str], None]
@@ -43,21 +43,34 @@ class Estimator(Protocol):
 
 
 def unit_modules(model: nn.Module, space: SearchSpace) -> dict[str, nn.Module]:
-    """Map unit names to modules, checking the shapes match the space."""
+    """Map unit names to their modules (``unit.fqn``), checking the shapes match the space.
+
+    Several channel-slice units of one layer map to the same module; slice its weight with
+    :func:`unit_weight`.
+    """
     modules = dict(model.named_modules())
     out = {}
     for u in space.units:
-        mod = modules.get(u.name)
+        mod = modules.get(u.fqn)
         weight = getattr(mod, "weight", None)
         if mod is None or weight is None:
             raise ValueError(f"unit {u.name!r} of the search space is not a module with a weight")
-        if tuple(weight.shape) != u.shape:
+        if tuple(unit_weight(mod, u).shape) != u.shape:
             raise ValueError(
                 f"unit {u.name!r}: model weight shape {tuple(weight.shape)} != space "
                 f"shape {u.shape}"
             )
         out[u.name] = mod
     return out
+
+
+def unit_weight(module: nn.Module, unit: Unit) -> torch.Tensor:
+    """The unit's weight: the module's weight, or its rows ``unit.channels`` (a view)."""
+    w = module.weight
+    if unit.channels is None:
+        return w
+    start, stop = unit.channels
+    return w[start:stop]
 
 
 def weight_delta(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Progress, options, unit_modules, weight_delta
+from .base import Progress, options, unit_modules, unit_weight, weight_delta
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,7 @@ class LayerErrorEstimator:
         mask = space.mask
         with torch.no_grad():
             for i, u in enumerate(space.units):
-                w = modules[u.name].weight
+                w = unit_weight(modules[u.name], u)
                 h = hessians[u.name].float()
                 n_tokens = tokens[u.name]
                 # NMSE: tr(dW H dW^T) / tr(W H W^T); raw: tr(dW H dW^T) / N

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Progress, options, unit_modules, weight_delta
+from .base import Progress, options, unit_modules, unit_weight, weight_delta
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,7 +49,7 @@ class WeightErrorEstimator:
         values = np.full((len(space), len(space.formats)), np.inf)
         mask = space.mask
         for i, u in enumerate(space.units):
-            w = modules[u.name].weight
+            w = unit_weight(modules[u.name], u)
             denom = float(w.detach().float().pow(2).sum()) if self.normalize else 1.0
             for j, fmt in enumerate(space.formats):
                 if mask[i, j]:
