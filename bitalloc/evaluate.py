@@ -104,7 +104,7 @@ def evaluate_plan(
 
 def _reference_bits(model: nn.Module, solution: Solution) -> float:
     modules = dict(model.named_modules())
-    w = modules[solution.space.units[0].name].weight
+    w = modules[solution.space.units[0].fqn].weight
     return float(w.element_size() * 8)
 
 

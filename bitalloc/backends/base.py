@@ -67,7 +67,8 @@ class AppliedPlan:
 def check_plan(model: nn.Module, solution: Solution) -> dict[str, nn.Module]:
     """Verify that every unit of ``solution`` exists in ``model`` with the same weight shape.
 
-    Returns the unit modules; raises ``ValueError`` listing every mismatch otherwise.
+    Returns unit name -> module (channel-slice units map to their layer); raises
+    ``ValueError`` listing every mismatch otherwise.
     """
     if not isinstance(solution, Solution):
         raise TypeError(f"`solution` must be a Solution, got {type(solution).__name__}")
@@ -78,13 +79,18 @@ def check_plan(model: nn.Module, solution: Solution) -> dict[str, nn.Module]:
     modules = dict(model.named_modules())
     problems, found = [], {}
     for u in solution.space.units:
-        w = getattr(modules.get(u.name), "weight", None)
+        w = getattr(modules.get(u.fqn), "weight", None)
         if w is None:
-            problems.append(f"{u.name}: not in the model")
-        elif tuple(w.shape) != u.shape:
-            problems.append(f"{u.name}: plan shape {u.shape} != model shape {tuple(w.shape)}")
+            problems.append(f"{u.fqn}: not in the model")
+            continue
+        shape = tuple(w.shape)
+        if u.channels is not None:
+            start, stop = u.channels
+            shape = (min(stop, shape[0]) - start, *shape[1:]) if start < shape[0] else (0,)
+        if shape != u.shape:
+            problems.append(f"{u.name}: plan shape {u.shape} != model shape {shape}")
         else:
-            found[u.name] = modules[u.name]
+            found[u.name] = modules[u.fqn]
     if problems:
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError("plan does not match the model: " + "; ".join(problems[:5]) + more)

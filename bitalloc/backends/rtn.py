@@ -37,12 +37,15 @@ class RtnBackend:
         from ..kernels.reference import fake_quantize
 
         modules = check_plan(model, solution)  # validate everything before touching anything
-        originals: dict[str, torch.Tensor] = {}
+        originals: dict[str, torch.Tensor] = {}  # by layer FQN: channel slices share one copy
         try:
             with torch.no_grad():
-                for name, fmt in solution.assignment.items():
-                    w = modules[name].weight
-                    originals[name] = w.detach().to("cpu", copy=True)
+                for unit, key in zip(solution.space.units, solution.choice):
+                    fmt = QuantFormat.parse(key)
+                    weight = modules[unit.name].weight
+                    if unit.fqn not in originals:
+                        originals[unit.fqn] = weight.detach().to("cpu", copy=True)
+                    w = weight if unit.channels is None else weight[slice(*unit.channels)]
                     w.copy_(
                         fake_quantize(w, fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind)
                     )

@@ -7,9 +7,7 @@ runtime kernel such as q/k/v or gate/up reads them as one matrix).
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -208,6 +206,7 @@ class SearchSpace:
         include: Sequence[str] | str = (),
         exclude: Sequence[str] | str | None = None,
         tie: Sequence[str] | str | None = None,
+        channel_group: int | None = None,
         example_input: Any = None,
     ) -> SearchSpace:
         """Discover the units of ``model`` (every ``nn.Linear`` and ``nn.Conv{1,2,3}d``).
@@ -222,31 +221,24 @@ class SearchSpace:
             tie: ``"auto"`` (units that read the same input tensor in one forward pass share a
                 format; see :mod:`bitalloc.search.ties`) or regex patterns whose first capture
                 group is the tie key, e.g. ``r"re:(.*)\\.(q|k|v)_proj"``.
+            channel_group: split every weight into units of this many output channels
+                (``FQN[start:stop]``; the last slice takes the remainder), for per-channel
+                allocation across layers (MixLLM). Cannot be combined with ``tie``.
             example_input: a batch for the ``tie="auto"`` forward pass (default: 8 random
                 token ids when the model has ``config.vocab_size``).
         """
-        from torch import nn
+        from .discovery import discover
 
-        fmts = parse_formats(formats)
-        inc = _patterns(include, "include")
-        exc = _patterns(DEFAULT_EXCLUDE if exclude is None else exclude, "exclude")
-        units: list[Unit] = []
-        for name, mod in model.named_modules():
-            if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                continue
-            if (inc and not _matches(name, inc)) or _matches(name, exc):
-                continue
-            shape = tuple(int(s) for s in mod.weight.shape)
-            allowed = tuple(f.key for f in fmts if f.supports(shape))
-            units.append(Unit(name=name, shape=shape, allowed=allowed))
-        if not units:
-            raise ValueError(
-                "the search space is empty: no nn.Linear/Conv module matched "
-                f"include={list(inc) or 'all'} exclude={list(exc)}"
-            )
-        labels = _tie_labels(model, [u.name for u in units], tie, example_input)
-        units = [Unit(u.name, u.shape, u.allowed, labels.get(u.name)) for u in units]
-        return cls(units=tuple(units), formats=fmts)
+        units = discover(
+            model,
+            parse_formats(formats),
+            include=include,
+            exclude=exclude,
+            tie=tie,
+            channel_group=channel_group,
+            example_input=example_input,
+        )
+        return cls(units=units, formats=parse_formats(formats))
 
     def restrict(self, names: Iterable[str]) -> SearchSpace:
         """A sub-space with only ``names`` (order kept)."""
@@ -254,49 +246,3 @@ class SearchSpace:
         return SearchSpace(
             units=tuple(u for u in self.units if u.name in keep), formats=self.formats
         )
-
-
-def _patterns(value: Sequence[str] | str, arg: str) -> tuple[str, ...]:
-    items = (value,) if isinstance(value, str) else tuple(value)
-    for p in items:
-        if not isinstance(p, str):
-            raise TypeError(f"`{arg}` patterns must be strings, got {type(p).__name__}")
-        if p.startswith("re:"):
-            try:
-                re.compile(p[3:])
-            except re.error as e:
-                raise ValueError(f"`{arg}` pattern {p!r} is not a valid regex: {e}") from None
-    return items
-
-
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    for p in patterns:
-        if p.startswith("re:"):
-            if re.fullmatch(p[3:], name):
-                return True
-        elif fnmatch.fnmatchcase(name, p):
-            return True
-    return False
-
-
-def _tie_labels(model: nn.Module, names: list[str], tie: Any, example: Any) -> dict[str, str]:
-    if tie is None or tie == () or tie == []:
-        return {}
-    if tie == "auto":
-        from .ties import shared_input_groups
-
-        groups = shared_input_groups(model, names, example)
-        return {n: g[0] for g in groups if len(g) > 1 for n in g}
-    labels: dict[str, str] = {}
-    for k, p in enumerate(_patterns(tie, "tie")):
-        rx = re.compile(p[3:] if p.startswith("re:") else p)
-        if rx.groups < 1:
-            raise ValueError(f"`tie` pattern {p!r} needs a capture group that names the group")
-        for n in names:
-            m = rx.fullmatch(n)
-            if m and n not in labels:
-                labels[n] = f"tie{k}:{m.group(1)}"
-    counts: dict[str, int] = {}
-    for lab in labels.values():
-        counts[lab] = counts.get(lab, 0) + 1
-    return {n: lab for n, lab in labels.items() if counts[lab] > 1}

@@ -76,8 +76,10 @@ class LayerErrorEstimator:
                 w = unit_weight(modules[u.name], u)
                 h = hessians[u.name].float()
                 n_tokens = tokens[u.name]
-                # NMSE: tr(dW H dW^T) / tr(W H W^T); raw: tr(dW H dW^T) / N
-                denom = float(_quad(w.detach().float(), h)) if self.normalize else n_tokens
+                # NMSE: tr(dW H dW^T) / tr(W H W^T) with W the whole layer, so the costs of a
+                # layer's channel slices add up to the layer's cost; raw: tr(dW H dW^T) / N
+                full = modules[u.name].weight.detach().float()
+                denom = float(_quad(full, h)) if self.normalize else n_tokens
                 for j, fmt in enumerate(space.formats):
                     if mask[i, j]:
                         values[i, j] = float(_quad(weight_delta(w, fmt), h)) / max(denom, 1e-30)

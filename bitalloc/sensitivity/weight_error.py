@@ -50,7 +50,9 @@ class WeightErrorEstimator:
         mask = space.mask
         for i, u in enumerate(space.units):
             w = unit_weight(modules[u.name], u)
-            denom = float(w.detach().float().pow(2).sum()) if self.normalize else 1.0
+            # relative to the whole layer so that channel slices add up to the layer's cost
+            full = modules[u.name].weight.detach().float()
+            denom = float(full.pow(2).sum()) if self.normalize else 1.0
             for j, fmt in enumerate(space.formats):
                 if mask[i, j]:
                     values[i, j] = float(weight_delta(w, fmt).pow(2).sum()) / max(denom, 1e-30)
