@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 
 EXIT_BAD_INPUT = 2
+DEFAULT_FORMATS = "int2-g64,int3-g64,int4-g64,int8-g64"
 
 
 class CliError(Exception):
@@ -86,11 +87,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
     )
     tie = None if args.tie == "none" else ("auto" if args.tie == "auto" else args.tie.split(","))
+    if args.channel_group is not None and args.tie == "auto":
+        tie = None  # ties bind whole layers; channel groups split them
     space = SearchSpace.from_model(
         model,
         formats,
         include=args.include or (),
         exclude=args.exclude,
+        channel_group=args.channel_group,
         tie=tie,
         example_input=calib.batches[0] if calib else None,
     )
@@ -174,6 +178,67 @@ def _eval_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .data import calibration, windows
+    from .models import cache_dir
+    from .search.api import available, estimate
+    from .search.formats import parse_formats
+    from .search.space import SearchSpace
+    from .validate import validate_estimator
+
+    if args.estimator not in available("estimator"):
+        raise CliError(
+            f"unknown estimator {args.estimator!r}; available: {', '.join(available('estimator'))}"
+        )
+    try:
+        budgets = [float(b) for b in args.budgets.split(",")]
+    except ValueError:
+        raise CliError(
+            f"--budgets must be comma-separated numbers, got {args.budgets!r}"
+        ) from None
+    model, tok = _load_model(args.model)
+    calib = calibration(tok, args.n_samples, args.seq_len, seed=args.seed)
+    space = SearchSpace.from_model(
+        model, parse_formats(args.formats), tie="auto", example_input=calib.batches[0]
+    )
+    table = estimate(
+        model,
+        space,
+        calib,
+        args.estimator,
+        cache_dir=None if args.no_cache else cache_dir(),
+        callback=_progress(args.estimator, args.quiet),
+    )
+    win = windows(tok, "wikipedia-heldout", args.seq_len, args.windows)
+    report = validate_estimator(
+        model,
+        table,
+        win,
+        budgets=budgets,
+        n_plans=args.n_plans,
+        seed=args.seed,
+        callback=_progress("plans", args.quiet),
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(
+            f"estimator {report.estimator}: {len(report.plans)} random plans at "
+            f"{args.budgets} avg bits, measured on {args.windows} x {args.seq_len} held-out "
+            "tokens"
+        )
+        print(
+            f"  predicted loss vs measured KL:  Spearman {report.spearman:+.3f}  "
+            f"Kendall {report.kendall:+.3f}"
+        )
+        print(
+            f"  predicted loss vs perplexity:   Spearman {report.spearman_ppl:+.3f}  "
+            f"Kendall {report.kendall_ppl:+.3f}"
+        )
+        print(f"  ({report.time_s:.0f} s)")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from .search.solution import Solution
 
@@ -208,12 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bytes", type=float, help="budget: total bytes of the searched weights")
     s.add_argument(
         "--formats",
-        default="int2-g64,int3-g64,int4-g64,int8-g64",
+        default=DEFAULT_FORMATS,
         help="comma-separated format keys (default: %(default)s)",
     )
     s.add_argument("--estimator", default="layer_error")
     s.add_argument("--solver", default="ilp")
     s.add_argument("--tie", default="auto", help="'auto', 'none' or comma-separated regexes")
+    s.add_argument(
+        "--channel-group",
+        type=int,
+        help="split layers into units of this many output channels (per-channel allocation)",
+    )
     s.add_argument("--include", nargs="*", help="unit patterns to keep (glob or re:REGEX)")
     s.add_argument(
         "--exclude", nargs="*", help="unit patterns to drop (default: embeddings, lm_head)"
@@ -241,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("plan")
     sh.add_argument("--units", action="store_true", help="list every unit")
     sh.set_defaults(func=cmd_show)
+
+    v = sub.add_parser("validate", help="rank correlation of predicted vs measured loss")
+    v.add_argument("--model", required=True)
+    v.add_argument("--estimator", default="layer_error")
+    v.add_argument("--n-plans", type=int, default=32)
+    v.add_argument("--budgets", default="2.75,3.25,3.75", help="avg bits, comma-separated")
+    v.add_argument("--formats", default=DEFAULT_FORMATS)
+    v.add_argument("--n-samples", type=int, default=16, help="calibration windows")
+    v.add_argument("--seq-len", type=int, default=256, help="calibration and held-out length")
+    v.add_argument("--windows", type=int, default=4, help="held-out windows per plan")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--no-cache", action="store_true")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("-q", "--quiet", action="store_true")
+    v.set_defaults(func=cmd_validate)
 
     ls = sub.add_parser("list", help="registered estimators, solvers, backends and models")
     ls.set_defaults(func=cmd_list)
