@@ -20,6 +20,7 @@ from . import __version__
 
 EXIT_BAD_INPUT = 2
 DEFAULT_FORMATS = "int2-g64,int3-g64,int4-g64,int8-g64"
+DEFAULT_ESTIMATOR = "weight_error"  # = bitalloc.search.api.DEFAULT_ESTIMATOR (kept import-free)
 
 
 class CliError(Exception):
@@ -160,21 +161,17 @@ def _json_default(x: Any) -> Any:
 
 
 def _eval_table(result: dict[str, Any]) -> str:
-    lines = [f"{'model':<10} {'format':<12} {'avg bits':>9} {'ppl':>10} {'kl':>10}"]
+    lm = "ppl" in result["reference"]
+    metric = f"{'ppl':>10} {'kl':>10}" if lm else f"{'fidelity':>10}"
+    lines = [f"{'model':<10} {'format':<12} {'avg bits':>9} {metric}"]
     for name in ("reference", "plan", "uniform"):
         r = result.get(name)
         if r is None:
             lines.append(f"{name:<10} (no uniform format fits under the plan's bits)")
             continue
         fmt = r.get("format", "float" if name == "reference" else "mixed")
-        if "ppl" in r:
-            lines.append(
-                f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} {r['ppl']:>10.4f} {r['kl']:>10.5f}"
-            )
-        else:
-            lines.append(
-                f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} fidelity {r['fidelity']:.5f}"
-            )
+        value = f"{r['ppl']:>10.4f} {r['kl']:>10.5f}" if lm else f"{r['fidelity']:>10.5f}"
+        lines.append(f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} {value}")
     return "\n".join(lines)
 
 
@@ -276,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_FORMATS,
         help="comma-separated format keys (default: %(default)s)",
     )
-    s.add_argument("--estimator", default="layer_error")
+    s.add_argument("--estimator", default=DEFAULT_ESTIMATOR, help="default: %(default)s")
     s.add_argument("--solver", default="ilp")
     s.add_argument("--tie", default="auto", help="'auto', 'none' or comma-separated regexes")
     s.add_argument(
@@ -314,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="rank correlation of predicted vs measured loss")
     v.add_argument("--model", required=True)
-    v.add_argument("--estimator", default="layer_error")
+    v.add_argument("--estimator", default=DEFAULT_ESTIMATOR, help="default: %(default)s")
     v.add_argument("--n-plans", type=int, default=32)
     v.add_argument("--budgets", default="2.75,3.25,3.75", help="avg bits, comma-separated")
     v.add_argument("--formats", default=DEFAULT_FORMATS)

@@ -24,7 +24,7 @@ def test_search_respects_budget_and_ties(tiny_llama, tiny_calib) -> None:
         )
         assert a[f"{p}.mlp.gate_proj"] == a[f"{p}.mlp.up_proj"]
     assert len(set(sol.choice)) > 1, "a binding budget between formats should mix them"
-    assert sol.meta["solver"] == "ilp" and sol.meta["estimator"] == "layer_error"
+    assert sol.meta["solver"] == "ilp" and sol.meta["estimator"] == "weight_error"
 
 
 def test_staged_api_matches_one_shot(tiny_llama, tiny_calib) -> None:

@@ -62,6 +62,13 @@ def encode(tok: Any, text_: str) -> np.ndarray:
     if key not in per_tok:
         backend = getattr(tok, "backend_tokenizer", None)
         if backend is not None:
+            if backend.truncation is not None or backend.padding is not None:
+                # e.g. MiniLM ships truncation at 128 tokens: encode the corpus whole
+                from tokenizers import Tokenizer
+
+                backend = Tokenizer.from_str(backend.to_str())
+                backend.no_truncation()
+                backend.no_padding()
             ids = backend.encode(text_, add_special_tokens=False).ids
         else:
             ids = tok.encode(text_, add_special_tokens=False)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_FORMATS = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
+# The estimator whose plans measured best on both built-in models (benchmarks/RESULTS.md).
+DEFAULT_ESTIMATOR = "weight_error"
 KINDS = ("estimator", "solver", "backend")
 
 
@@ -57,7 +59,7 @@ def estimate(
     model: nn.Module,
     space: SearchSpace,
     calib: Calibration | Sequence[Any] | None = None,
-    method: Any = "layer_error",
+    method: Any = DEFAULT_ESTIMATOR,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     callback: Any = None,
@@ -69,7 +71,8 @@ def estimate(
         model: the network whose units ``space`` names.
         space: the search space.
         calib: calibration batches (required by data-aware estimators).
-        method: a registered estimator name (``bitalloc.available("estimator")``) or instance.
+        method: a registered estimator name (``bitalloc.available("estimator")``) or instance;
+            default ``weight_error``, whose plans measured best on SmolLM2 and MiniLM.
         cache_dir: when given, tables are cached there keyed by estimator options, model,
             calibration and space fingerprints; a second call loads instead of recomputing.
         callback: ``callback(done, total, description)`` progress reports.
@@ -181,7 +184,7 @@ def search(
     budget: Budget | float,
     *,
     formats: Sequence[str | QuantFormat] = DEFAULT_FORMATS,
-    estimator: Any = "layer_error",
+    estimator: Any = DEFAULT_ESTIMATOR,
     solver: Any = "ilp",
     include: Sequence[str] = (),
     exclude: Sequence[str] | None = None,
