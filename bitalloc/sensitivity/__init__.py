@@ -8,7 +8,24 @@ from .base import Estimator
 
 ESTIMATORS: Registry[Estimator] = Registry("estimator")
 
+from .fisher import FisherEstimator  # noqa: E402
+from .hessian_trace import HessianTraceEstimator  # noqa: E402
+from .kl_probe import KlProbeEstimator  # noqa: E402
 from .layer_error import LayerErrorEstimator  # noqa: E402  (registers itself)
+from .lim import LimEstimator  # noqa: E402
+from .output_fisher import OutputFisherEstimator  # noqa: E402
 from .weight_error import WeightErrorEstimator  # noqa: E402
+from .zd import ZdEstimator  # noqa: E402
 
-__all__ = ["ESTIMATORS", "Estimator", "LayerErrorEstimator", "WeightErrorEstimator"]
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "FisherEstimator",
+    "HessianTraceEstimator",
+    "KlProbeEstimator",
+    "LayerErrorEstimator",
+    "LimEstimator",
+    "OutputFisherEstimator",
+    "WeightErrorEstimator",
+    "ZdEstimator",
+]

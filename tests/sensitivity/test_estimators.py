@@ -27,6 +27,7 @@ def mlp_calib(n: int = 3) -> Calibration:
     return Calibration(
         batches=tuple(torch.randn(4, 16, 64, generator=gen) for _ in range(n)),
         forward=lambda m, b: m(b),
+        loss=lambda out, b: out.pow(2).mean(),  # for the gradient-based estimators
     )
 
 
@@ -54,7 +55,11 @@ class TestEstimatorContract:
 
     def test_masked_formats_are_inf(self, name: str) -> None:
         model = nn.Sequential(nn.Linear(48, 8), nn.Linear(8, 4)).eval()
-        calib = Calibration(batches=(torch.randn(2, 48),), forward=lambda m, b: m(b))
+        calib = Calibration(
+            batches=(torch.randn(2, 48),),
+            forward=lambda m, b: m(b),
+            loss=lambda o, b: o.square().mean(),
+        )
         space = SearchSpace.from_model(model, ["int4-g16", "int8-pc"])
         values = estimate(model, space, calib, name).values
         assert (

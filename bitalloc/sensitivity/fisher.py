@@ -1,0 +1,114 @@
+"""Diagonal empirical Fisher: ``cost(u, f) = 1/2 * sum_i F_ii * (Q_f(W) - W)_i^2``.
+
+``F_ii = (1/B) * sum_b g_{b,i}^2`` with ``g_b = dL_b/dW`` the gradient of the loss of
+calibration batch ``b`` (one backward per batch; a batch of one sequence gives the per-sample
+Fisher). This is the second-order Taylor term of the loss with the diagonal Fisher standing in
+for the Hessian, the sensitivity SqueezeLLM weights its k-means with (Kim et al.,
+"SqueezeLLM: Dense-and-Sparse Quantization", ICML 2024, arXiv 2306.07629, Sec. 3.1). A
+channel-slice unit sums over its own rows, so the slices of a layer add up to the layer's cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from ..search.table import SensitivityTable
+from . import ESTIMATORS
+from ._grad import (
+    batch_loss,
+    check_finite,
+    grad_scope,
+    n_batches,
+    unique_weights,
+    unit_rows,
+    weight_grads,
+    weight_slot,
+)
+from .base import Progress, options, unit_modules, unit_weight, weight_delta
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..search.calibration import Calibration
+    from ..search.space import SearchSpace
+
+
+@ESTIMATORS.register("fisher")
+@dataclass(frozen=True, slots=True)
+class FisherEstimator:
+    """Diagonal Fisher-weighted squared weight error (SqueezeLLM's sensitivity).
+
+    Needs a loss: ``calib.loss(output, batch)`` or the model output's ``.loss``. Costs one
+    forward and one backward per calibration batch and a float32 copy of the searched weights.
+
+    Args:
+        max_batches: use at most this many calibration batches (``None``: all).
+    """
+
+    name: ClassVar[str]
+    needs_calibration: ClassVar[bool] = True
+    max_batches: int | None = None
+
+    def estimate(
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        calib: Calibration | None,
+        *,
+        callback: Progress | None = None,
+    ) -> SensitivityTable:
+        import torch
+
+        if calib is None:
+            raise ValueError("`calib` is required for the fisher estimator")
+        started = time.perf_counter()
+        modules = unit_modules(model, space)
+        n = n_batches(calib, self.max_batches)
+        fisher = diagonal_fisher(model, modules, space, calib, n, callback)
+        slot = weight_slot(modules, unique_weights(modules, space)[1])
+        values = np.full((len(space), len(space.formats)), np.inf)
+        mask = space.mask
+        for i, u in enumerate(space.units):
+            f = unit_rows(fisher[slot[u.name]], u.channels)
+            w = unit_weight(modules[u.name], u)
+            for j, fmt in enumerate(space.formats):
+                if mask[i, j]:
+                    dw2 = weight_delta(w, fmt).square()
+                    values[i, j] = 0.5 * float((f * dw2).sum(dtype=torch.float64))
+        meta = {
+            "options": options(self),
+            "batches": n,
+            "time_s": round(time.perf_counter() - started, 3),
+        }
+        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
+
+
+def diagonal_fisher(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    space: SearchSpace,
+    calib: Calibration,
+    n: int,
+    callback: Progress | None = None,
+) -> list[torch.Tensor]:
+    """``F = mean_b (dL_b/dW)^2`` (float32) for every unique weight, over the first ``n``
+    batches, in the order of :func:`~bitalloc.sensitivity._grad.unique_weights`."""
+    import torch
+
+    fqns, weights = unique_weights(modules, space)
+    fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+    with grad_scope(model, weights):
+        for b in range(n):
+            grads = weight_grads(batch_loss(model, calib, b), weights, fqns)
+            for acc, g, fqn in zip(fisher, grads, fqns):
+                check_finite(g, fqn)
+                acc.add_(g.detach().float().square())
+            del grads
+            if callback is not None:
+                callback(b + 1, n, "fisher backward")
+    return [f.div_(n) for f in fisher]
