@@ -1,6 +1,8 @@
 """Sensitivity estimators: predicted loss increase of every (unit, format) pair.
 
-Registered names: ``weight_error`` (data-free) and ``layer_error`` (calibration activations).
+Registered names: ``weight_error`` and ``zd`` (data-free); ``layer_error``, ``lim`` and
+``kl_probe`` (forward passes over calibration data); ``fisher``, ``output_fisher`` and
+``hessian_trace`` (gradients; ``hessian_trace`` needs double backward, i.e. eager attention).
 """
 
 from ..search.registry import Registry
