@@ -232,6 +232,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"  predicted loss vs perplexity:   Spearman {report.spearman_ppl:+.3f}  "
             f"Kendall {report.kendall_ppl:+.3f}"
         )
+        print(f"  within one budget (mean Spearman vs KL): {report.spearman_within:+.3f}")
         print(f"  ({report.time_s:.0f} s)")
     return 0
 

@@ -46,6 +46,9 @@ class ValidationReport:
     kendall: float
     spearman_ppl: float
     kendall_ppl: float
+    spearman_within: float
+    """Mean over budgets of Spearman(predicted, KL) among the plans of the same budget: the
+    harder test (across budgets, any estimator ranks a 2.75-bit plan below a 3.75-bit one)."""
     plans: tuple[PlanScore, ...]
     time_s: float
 
@@ -154,12 +157,18 @@ def validate_estimator(
     tau = kendalltau(pred, [p.kl for p in scores]).statistic
     rho_p = spearmanr(pred, [p.ppl for p in scores]).statistic
     tau_p = kendalltau(pred, [p.ppl for p in scores]).statistic
+    within = []
+    for b in sorted({p.budget_bits for p in scores}):
+        same = [p for p in scores if p.budget_bits == b]
+        if len(same) >= 3:
+            within.append(spearmanr([p.predicted for p in same], [p.kl for p in same]).statistic)
     return ValidationReport(
         estimator=table.estimator,
         spearman=float(rho),
         kendall=float(tau),
         spearman_ppl=float(rho_p),
         kendall_ppl=float(tau_p),
+        spearman_within=float(np.nanmean(within)) if within else float("nan"),
         plans=tuple(scores),
         time_s=round(time.perf_counter() - started, 2),
     )
