@@ -20,7 +20,8 @@ from . import __version__
 
 EXIT_BAD_INPUT = 2
 DEFAULT_FORMATS = "int2-g64,int3-g64,int4-g64,int8-g64"
-DEFAULT_ESTIMATOR = "weight_error"  # = bitalloc.search.api.DEFAULT_ESTIMATOR (kept import-free)
+DEFAULT_ESTIMATOR = "auto"  # = bitalloc.search.api.DEFAULT_ESTIMATOR (kept import-free)
+ESTIMATOR_HELP = "registered name, or 'auto' (fisher for causal LMs, else weight_error; default)"
 
 
 class CliError(Exception):
@@ -81,7 +82,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     budget = _budget(args)
     formats = parse_formats(args.formats)
     for kind, name in (("estimator", args.estimator), ("solver", args.solver)):
-        if name not in available(kind):
+        if name not in available(kind) and not (kind == "estimator" and name == "auto"):
             raise CliError(f"unknown {kind} {name!r}; available: {', '.join(available(kind))}")
     model, tok = _load_model(args.model)
     calib = (
@@ -183,7 +184,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .search.space import SearchSpace
     from .validate import validate_estimator
 
-    if args.estimator not in available("estimator"):
+    if args.estimator not in (*available("estimator"), "auto"):
         raise CliError(
             f"unknown estimator {args.estimator!r}; available: {', '.join(available('estimator'))}"
         )
@@ -274,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_FORMATS,
         help="comma-separated format keys (default: %(default)s)",
     )
-    s.add_argument("--estimator", default=DEFAULT_ESTIMATOR, help="default: %(default)s")
+    s.add_argument(
+        "--estimator",
+        default=DEFAULT_ESTIMATOR,
+        help=ESTIMATOR_HELP,
+    )
     s.add_argument("--solver", default="ilp")
     s.add_argument("--tie", default="auto", help="'auto', 'none' or comma-separated regexes")
     s.add_argument(
@@ -312,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="rank correlation of predicted vs measured loss")
     v.add_argument("--model", required=True)
-    v.add_argument("--estimator", default=DEFAULT_ESTIMATOR, help="default: %(default)s")
+    v.add_argument(
+        "--estimator",
+        default=DEFAULT_ESTIMATOR,
+        help=ESTIMATOR_HELP,
+    )
     v.add_argument("--n-plans", type=int, default=32)
     v.add_argument("--budgets", default="2.75,3.25,3.75", help="avg bits, comma-separated")
     v.add_argument("--formats", default=DEFAULT_FORMATS)

@@ -73,3 +73,16 @@ def test_bad_budget_and_table_types(tiny_llama) -> None:
         ba.solve(space, 3.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`avg_bits` must be in"):
         ba.solve(table, -1.0)
+
+
+def test_auto_estimator_resolution(tiny_llama, tiny_calib) -> None:
+    from bitalloc.data import next_token_loss
+    from bitalloc.search.api import auto_estimator
+
+    with_loss = ba.Calibration(batches=tiny_calib.batches, loss=next_token_loss)
+    assert auto_estimator(tiny_llama, with_loss) == "fisher"
+    assert auto_estimator(tiny_llama, tiny_calib) == "weight_error"  # no loss given
+    assert auto_estimator(tiny_llama, None) == "weight_error"
+    assert auto_estimator(torch.nn.Linear(4, 4), with_loss) == "weight_error"  # not an LM
+    space = ba.SearchSpace.from_model(tiny_llama, FORMATS)
+    assert ba.estimate(tiny_llama, space, with_loss).estimator == "fisher"

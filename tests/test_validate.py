@@ -69,6 +69,6 @@ def test_cli_validate_json(tiny_model_dir, capsys) -> None:
     ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["estimator"] == "weight_error" and len(out["plans"]) == 4
+    assert out["estimator"] == "fisher" and len(out["plans"]) == 4
     assert main([*args[:-3], "--budgets", "3,x", "-q"]) == 2
     assert "--budgets must be comma-separated numbers" in capsys.readouterr().err

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_FORMATS = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
-# The estimator whose plans measured best on both built-in models (benchmarks/RESULTS.md).
-DEFAULT_ESTIMATOR = "weight_error"
+# "auto": fisher for causal LMs with a calibration loss (its plans measured best per second of
+# estimation on SmolLM2, benchmarks/RESULTS.md), weight_error otherwise (data-free).
+DEFAULT_ESTIMATOR = "auto"
 KINDS = ("estimator", "solver", "backend")
 
 
@@ -71,8 +72,9 @@ def estimate(
         model: the network whose units ``space`` names.
         space: the search space.
         calib: calibration batches (required by data-aware estimators).
-        method: a registered estimator name (``bitalloc.available("estimator")``) or instance;
-            default ``weight_error``, whose plans measured best on SmolLM2 and MiniLM.
+        method: a registered estimator name (``bitalloc.available("estimator")``), an
+            instance, or ``"auto"`` (default): ``fisher`` for a causal LM whose calibration
+            has a loss, else the data-free ``weight_error`` (see :func:`auto_estimator`).
         cache_dir: when given, tables are cached there keyed by estimator options, model,
             calibration and space fingerprints; a second call loads instead of recomputing.
         callback: ``callback(done, total, description)`` progress reports.
@@ -83,8 +85,10 @@ def estimate(
     """
     if not isinstance(space, SearchSpace):
         raise TypeError(f"`space` must be a SearchSpace, got {type(space).__name__}")
-    est = _registry("estimator").resolve(method, **options)
     cal = as_calibration(calib) if calib is not None else None
+    if method == "auto":
+        method = auto_estimator(model, cal)
+    est = _registry("estimator").resolve(method, **options)
     if cal is None and getattr(est, "needs_calibration", False):
         raise ValueError(f"estimator {type(est).name!r} needs `calib` (calibration batches)")
     provenance = _provenance(model, cal)
@@ -104,6 +108,17 @@ def estimate(
     if path is not None:
         table.save(path)
     return table
+
+
+def auto_estimator(model: Any, calib: Calibration | None) -> str:
+    """``"fisher"`` for a causal LM with calibration data and a loss, else ``"weight_error"``."""
+    from ..models import task
+
+    try:
+        causal = task(model) == "causal_lm"
+    except ValueError:
+        causal = False
+    return "fisher" if causal and calib is not None and calib.loss is not None else "weight_error"
 
 
 def _provenance(model: Any, calib: Calibration | None) -> dict[str, Any]:
