@@ -6,7 +6,7 @@ wall times. Mixed plans are solved at fixed average bits and at exactly the byte
 uniform int3/int4 plans (the apples-to-apples comparison).
 
     python benchmarks/quality.py [--windows 16] [--lee-windows 8] [--n-samples 32]
-                                 [--estimators layer_error,weight_error] [--solver ilp]
+                                 [--estimators fisher,layer_error,weight_error] [--solver ilp]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--lee-windows", type=int, default=8, help="held-out Lee news windows")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--n-samples", type=int, default=32, help="calibration windows")
-    ap.add_argument("--estimators", default="layer_error,weight_error")
+    ap.add_argument("--estimators", default="fisher,layer_error,weight_error")
     ap.add_argument("--solver", default="ilp")
     args = ap.parse_args()
 

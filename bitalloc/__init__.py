@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Budget": "bitalloc.search.budget",
     "BudgetKind": "bitalloc.search.budget",
+    "LinearConstraint": "bitalloc.search.budget",
     "Calibration": "bitalloc.search.calibration",
     "QuantFormat": "bitalloc.search.formats",
     "SearchSpace": "bitalloc.search.space",

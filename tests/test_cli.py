@@ -43,7 +43,9 @@ def plan(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_search_writes_a_plan_within_budget(plan: Path) -> None:
     data = json.loads(plan.read_text())
     assert data["status"] == "optimal" and data["avg_bits"] <= 3.75
-    assert data["meta"]["estimator"] == "fisher"  # auto: causal LM + loss and data["meta"]["solver"] == "ilp"
+    assert (
+        data["meta"]["estimator"] == "fisher"
+    )  # auto: causal LM + loss and data["meta"]["solver"] == "ilp"
 
 
 def test_show_and_list(plan: Path, capsys: pytest.CaptureFixture[str]) -> None:

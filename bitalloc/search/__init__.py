@@ -9,7 +9,7 @@ import sys
 import types
 from typing import Any
 
-from .budget import Budget, BudgetKind
+from .budget import Budget, BudgetKind, LinearConstraint
 from .calibration import Calibration
 from .formats import QuantFormat
 from .solution import Solution, Status
@@ -19,6 +19,7 @@ from .table import SensitivityTable
 __all__ = [
     "Budget",
     "BudgetKind",
+    "LinearConstraint",
     "Calibration",
     "QuantFormat",
     "SearchSpace",

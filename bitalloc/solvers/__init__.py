@@ -17,6 +17,21 @@ SOLVERS = Registry[Solver]("solver")
 from .brute_force import BruteForceSolver  # noqa: E402
 from .greedy import GreedySolver  # noqa: E402
 from .ilp import IlpSolver  # noqa: E402
+from .lagrangian import LagrangianSolver  # noqa: E402
+from .llamacpp_km import LlamaCppKmSolver  # noqa: E402
+from .mlx_threshold import MlxThresholdSolver  # noqa: E402
+from .nncf_ratio import NncfRatioSolver  # noqa: E402
 from .uniform import UniformSolver  # noqa: E402
 
-__all__ = ["SOLVERS", "BruteForceSolver", "GreedySolver", "IlpSolver", "Solver", "UniformSolver"]
+__all__ = [
+    "SOLVERS",
+    "BruteForceSolver",
+    "GreedySolver",
+    "IlpSolver",
+    "LagrangianSolver",
+    "LlamaCppKmSolver",
+    "MlxThresholdSolver",
+    "NncfRatioSolver",
+    "Solver",
+    "UniformSolver",
+]

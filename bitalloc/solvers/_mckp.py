@@ -34,36 +34,68 @@ def best_value_choice(problem: Problem) -> np.ndarray:
     return np.lexsort((c, v), axis=1)[:, 0].astype(np.int64)
 
 
-def greedy_choice(problem: Problem) -> np.ndarray:
+def row_scales(problem: Problem) -> np.ndarray:
+    """Per row (memory first, then extra rows) a positive scale: the spread between the row's
+    largest and smallest total over all plans (1 when every plan costs the same)."""
+    a = problem.row_costs()
+    ok = problem.allowed[None]
+    spread = (np.where(ok, a, -np.inf).max(axis=2) - np.where(ok, a, np.inf).min(axis=2)).sum(1)
+    return np.where(spread > 0, spread, 1.0)
+
+
+def greedy_choice(problem: Problem, start: np.ndarray | None = None) -> np.ndarray:
     """Greedy MCKP: start at the cheapest options, take the most efficient upgrade that fits.
 
     Efficiency of moving group g from its current option ``a`` to an option ``k`` with
-    ``c[g, k] >= c[g, a]`` and ``v[g, k] < v[g, a]`` is ``rho = (v[g, a] - v[g, k]) /
-    (c[g, k] - c[g, a])`` (``inf`` for a free improvement). Repeatedly apply the move of
-    largest ``rho`` whose extra cost still fits the remaining budget, until none fits. A lazy
-    max-heap holds each group's best move; because the remaining budget only shrinks, a move
-    that no longer fits is re-evaluated for its group and pushed back with a lower key.
-    The marginal-return rule of Shoham & Gersho, IEEE TASSP 36 (1988), applied to the MCKP
-    (Kellerer, Pferschy & Pisinger, *Knapsack Problems*, 2004, ch. 11).
+    ``v[g, k] < v[g, a]`` is ``rho = (v[g, a] - v[g, k]) / (c[g, k] - c[g, a])`` (``inf`` for
+    a free improvement). Repeatedly apply the move of largest ``rho`` whose extra cost still
+    fits the remaining budget, until none fits. A lazy max-heap holds each group's best move;
+    because the remaining budget only shrinks, a move that no longer fits is re-evaluated for
+    its group and pushed back with a lower key. The marginal-return rule of Shoham & Gersho,
+    IEEE TASSP 36 (1988), applied to the MCKP (Kellerer, Pferschy & Pisinger, *Knapsack
+    Problems*, 2004, ch. 11).
+
+    With extra rows r a move must fit every row, and its cost is the scaled aggregate
+    ``sum_r max(dc_r, 0) / s_r`` (``s_r`` from :func:`row_scales`; Toyoda's aggregate resource
+    for the multidimensional knapsack, Manage. Sci. 21, 1975). ``start`` must fit every row;
+    default :func:`feasible_start` (ValueError when it finds none).
     """
     _, c, v = masked(problem)
-    choice = problem.cheapest()
+    if start is None:
+        start = feasible_start(problem)
+        if start is None:
+            raise ValueError("no starting plan meets every constraint")
+    choice = np.asarray(start, dtype=np.int64).copy()
+    allowed = problem.allowed
+    rows_c = np.where(allowed[None], problem.row_costs(), np.inf)
+    scale = row_scales(problem).tolist()
+    n_rows = len(scale)
     rows = np.arange(problem.n_groups)
-    remaining = float(problem.capacity - c[rows, choice].sum())
+    remaining = (problem.row_caps() - rows_c[:, rows, choice].sum(axis=1)).tolist()
     version = [0] * problem.n_groups
+    per_group = np.moveaxis(rows_c, 0, 2).tolist()  # [G][F][R] plain floats: fast scans
     opts = [
-        [(j, cj, vj) for j, (cj, vj) in enumerate(zip(cr, vr)) if cj != math.inf]
-        for cr, vr in zip(c.tolist(), v.tolist())
-    ]  # plain floats: fast per-group scans
+        [(j, cj, vj) for j, (cj, vj) in enumerate(zip(cr, vr)) if vj != math.inf]
+        for cr, vr in zip(per_group, v.tolist())
+    ]
 
     def best_move(g: int) -> tuple[float, int] | None:
         a = int(choice[g])
-        ca, va = c[g, a], v[g, a]
+        ca, va = per_group[g][a], v[g, a]
         best: tuple[float, int] | None = None
         for j, cj, vj in opts[g]:
-            dc, gain = cj - ca, va - vj
-            if dc >= 0 and gain > 0 and dc <= remaining:
-                rho = gain / dc if dc > 0 else math.inf
+            gain = va - vj
+            if gain <= 0:
+                continue
+            agg = 0.0
+            for r in range(n_rows):
+                d = cj[r] - ca[r]
+                if d > remaining[r]:
+                    break
+                if d > 0:
+                    agg += d / scale[r]
+            else:
+                rho = gain / agg if agg > 0 else math.inf
                 if best is None or rho > best[0]:
                     best = (rho, j)
         return best
@@ -78,10 +110,10 @@ def greedy_choice(problem: Problem) -> np.ndarray:
         _, g, k, ver = heapq.heappop(heap)
         if ver != version[g]:
             continue
-        dc = float(c[g, k] - c[g, choice[g]])
-        if dc <= remaining:
+        d = [cn - co for cn, co in zip(per_group[g][k], per_group[g][int(choice[g])])]
+        if all(dr <= rr for dr, rr in zip(d, remaining)):
             choice[g] = k
-            remaining -= dc
+            remaining = [rr - dr for dr, rr in zip(d, remaining)]
         version[g] += 1
         move = best_move(g)
         if move is not None:
@@ -89,28 +121,51 @@ def greedy_choice(problem: Problem) -> np.ndarray:
     return choice
 
 
-def repair(problem: Problem, choice: np.ndarray) -> np.ndarray:
-    """Downgrade until the choice fits: each step takes the cheaper option with the least
-    value increase per bit saved, ``min (v[g, k] - v[g, a]) / (c[g, a] - c[g, k])``.
+def feasible_start(problem: Problem) -> np.ndarray | None:
+    """A plan that fits every row: the cheapest-memory plan, repaired when it breaks an extra
+    row; ``None`` when the repair gets stuck (the rows may still be jointly satisfiable: only
+    an exact solver decides)."""
+    choice = problem.cheapest()
+    if problem.fits(choice):
+        return choice
+    try:
+        return repair(problem, choice)
+    except RuntimeError:
+        return None
 
-    Used when a MIP solution rounded from solver tolerances overshoots the exact budget.
-    Requires ``min_cost <= B`` (always reachable: every step saves bits).
+
+def repair(problem: Problem, choice: np.ndarray) -> np.ndarray:
+    """Move groups to other options until the choice fits every row.
+
+    The violation is ``V = sum_r max(C_r - B_r, 0) / s_r`` over the rows (memory first; ``s_r``
+    from :func:`row_scales`). Each step takes the move of least value increase per unit of
+    violation removed, ``min (v[g, k] - v[g, a]) / (V - V_after)`` over moves that reduce V;
+    for memory alone that is the downgrade of least loss per bit of overshoot removed.
+    Used when a MIP solution rounded from solver tolerances overshoots the exact budget, and to
+    find a start meeting extra rows. Raises RuntimeError when no move reduces V.
     """
-    allowed, c, v = masked(problem)
+    allowed, _, v = masked(problem)
+    a = np.where(allowed[None], problem.row_costs(), np.inf)
+    caps, scale = problem.row_caps(), row_scales(problem)
     choice = np.asarray(choice, dtype=np.int64).copy()
     rows = np.arange(problem.n_groups)
-    over = float(c[rows, choice].sum() - problem.capacity)
-    while over > 0:
-        save = c[rows, choice][:, None] - c
-        loss = v - v[rows, choice][:, None]
-        ok = allowed & (save > 0)
+    while True:
+        cur = a[:, rows, choice]  # [R, G]
+        over = cur.sum(axis=1) - caps
+        if (over <= 0).all() and allowed[rows, choice].all():
+            return choice
+        now = float((np.maximum(over, 0) / scale).sum())
+        with np.errstate(invalid="ignore"):
+            after = over[:, None, None] + (a - cur[:, :, None])
+            viol = (np.maximum(after, 0) / scale[:, None, None]).sum(axis=0)
+        red = now - viol
+        ok = allowed & (red > 1e-12 * now)  # a real reduction, not rounding noise
         if not ok.any():
-            raise RuntimeError("cannot repair: no cheaper option left (budget below minimum)")
-        ratio = np.where(ok, loss / np.where(ok, save, 1.0), np.inf)
+            raise RuntimeError("cannot repair: no move reduces the budget overshoot")
+        loss = v - v[rows, choice][:, None]
+        ratio = np.where(ok, loss / np.where(ok, red, 1.0), np.inf)
         g, k = np.unravel_index(int(np.argmin(ratio)), ratio.shape)
-        over -= float(save[g, k])
         choice[g] = k
-    return choice
 
 
 def lp_bound(problem: Problem) -> float:

@@ -12,10 +12,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..search.budget import Budget
+from ..search.budget import MEMORY, Budget
 from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
+
+ROW_RTOL = 1e-9
 
 
 @runtime_checkable
@@ -45,12 +47,13 @@ def start(
     """Validate, build the grouped problem and start the clock.
 
     Returns ``(problem, started, early)``; ``early`` is the INFEASIBLE result when even the
-    cheapest plan does not fit (the solver returns it as is), else ``None``.
+    cheapest plan does not fit the memory budget, or an extra row's own minimum exceeds its
+    limit (the solver returns it as is), else ``None``.
     """
     validate(table, budget)
     started = time.perf_counter()
     problem = Problem.build(table, budget)
-    if problem.min_cost() > problem.capacity:
+    if problem.min_cost() > problem.capacity or problem.violated_minima():
         return (
             problem,
             started,
@@ -60,17 +63,39 @@ def start(
 
 
 def infeasible(
-    problem: Problem, table: SensitivityTable, budget: Budget, meta: dict[str, Any]
+    problem: Problem,
+    table: SensitivityTable,
+    budget: Budget,
+    meta: dict[str, Any],
+    message: str | None = None,
 ) -> Solution:
-    """The INFEASIBLE result, stating the minimum achievable budget."""
+    """The INFEASIBLE result, stating the minimum achievable budget of each violated row
+    (``message`` overrides)."""
     space = table.space
-    need = budget.from_bits(problem.min_cost(), space)
-    unit = "avg bits" if budget.kind.value == "avg_bits" else "bytes"
-    msg = (
-        f"budget {budget.describe()} is below the minimum achievable {need:.6g} {unit} "
-        f"(every unit at its smallest allowed format)"
+    if message is None:
+        parts = []
+        if problem.min_cost() > problem.capacity:
+            need = budget.from_bits(problem.min_cost(), space)
+            unit = "avg bits" if budget.kind.value == "avg_bits" else "bytes"
+            parts.append(
+                f"budget {budget.describe(rows=False)} is below the minimum achievable "
+                f"{need:.6g} {unit} (every unit at its smallest allowed format)"
+            )
+        for name, low, limit in problem.violated_minima():
+            parts.append(
+                f"constraint {name!r} limit {limit:.6g} is below its minimum achievable "
+                f"{low:.6g} (every unit at its cheapest option for {name!r})"
+            )
+        message = "; ".join(parts) or "no plan meets every constraint"
+    return Solution(space=space, choice=(), status=Status.INFEASIBLE, message=message, meta=meta)
+
+
+def joint_message(problem: Problem) -> str:
+    """Why an exact solver found no plan although every row alone is satisfiable."""
+    return (
+        f"no plan meets the memory budget and the constraints {list(problem.extra_names)} "
+        "jointly (each alone is satisfiable)"
     )
-    return Solution(space=space, choice=(), status=Status.INFEASIBLE, message=msg, meta=meta)
 
 
 def make_solution(
@@ -82,7 +107,11 @@ def make_solution(
     meta: dict[str, Any],
     message: str = "",
 ) -> Solution:
-    """Expand a per-group choice into a :class:`Solution`, checking the budget exactly."""
+    """Expand a per-group choice into a :class:`Solution`, checking every budget row.
+
+    Memory is checked exactly (integer bytes); extra rows by their exactly rounded sums with
+    a relative slack of ``ROW_RTOL`` (``1e-9``) against float rounding.
+    """
     space = table.space
     unit_choice = problem.expand(np.asarray(group_choice, dtype=np.int64))
     keys = space.keys
@@ -94,11 +123,17 @@ def make_solution(
         message=message,
         meta=meta,
     )
-    if budget.residual(sol) < 0:  # exact integer accounting; a solver bug if reached
-        raise RuntimeError(
-            f"solver produced a plan over budget by {-budget.residual(sol):.0f} bits"
-        )
-    if not message and budget.residual(sol) > 0 and problem.max_cost() <= problem.capacity:
+    res = budget.residuals(sol)
+    if res[MEMORY] < 0:  # exact integer accounting; a solver bug if reached
+        raise RuntimeError(f"solver produced a plan over budget by {-res[MEMORY]:.0f} bits")
+    for c in budget.constraints:  # float rows: exactly rounded sums, 1e-9 relative slack
+        if res[c.name] < -ROW_RTOL * max(1.0, abs(c.limit)):
+            raise RuntimeError(
+                f"solver produced a plan over constraint {c.name!r} by {-res[c.name]:.6g}"
+            )
+    loose = problem.max_cost() <= problem.capacity
+    loose = loose and bool((problem.extra_max() <= problem.extra_caps).all())
+    if not message and res[MEMORY] > 0 and loose:
         sol = _with_message(sol, "budget is not binding: every unit takes its best format")
     return sol
 

@@ -13,7 +13,7 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from .base import make_solution, provenance, start
+from .base import infeasible, joint_message, make_solution, provenance, start
 
 CHUNK = 1 << 16
 
@@ -23,7 +23,8 @@ CHUNK = 1 << 16
 class BruteForceSolver:
     """Enumerate every combination of the groups' allowed options; keep the best that fits.
 
-    ``min_x sum_g v[g, x_g]`` s.t. ``sum_g c[g, x_g] <= B`` over all ``prod_g |J_g|``
+    ``min_x sum_g v[g, x_g]`` s.t. ``sum_g c[g, x_g] <= B`` (and every extra budget row
+    ``sum_g a_r[g, x_g] <= b_r``) over all ``prod_g |J_g|``
     assignments (J_g = allowed options of group g), evaluated in numpy chunks of mixed-radix
     indices. Ties -> lower cost, then the first in enumeration order. Exact by construction;
     the oracle that every exact solver is tested against (DESIGN.md, "every exact solver is
@@ -61,29 +62,37 @@ class BruteForceSolver:
         choice = self._search(problem, options, dims, count)
         meta = provenance(self, table, budget, started)
         meta["combinations"] = count
+        if choice is None:
+            return infeasible(problem, table, budget, meta, joint_message(problem))
         return make_solution(problem, table, budget, choice, Status.OPTIMAL, meta)
 
     @staticmethod
     def _search(
         problem: Problem, options: list[np.ndarray], dims: tuple[int, ...], count: int
-    ) -> np.ndarray:
+    ) -> np.ndarray | None:
         costs = [problem.costs[g, o] for g, o in enumerate(options)]
         values = [problem.values[g, o] for g, o in enumerate(options)]
+        extras = [problem.extra_costs[:, g, o] for g, o in enumerate(options)]  # [m, |J_g|]
         best: tuple[float, float, int] = (math.inf, math.inf, -1)
         for first in range(0, count, CHUNK):
             flat = np.arange(first, min(first + CHUNK, count), dtype=np.int64)
             digits = np.unravel_index(flat, dims)
             cost = np.zeros(len(flat))
             value = np.zeros(len(flat))
+            extra = np.zeros((problem.n_extra, len(flat)))
             for g, d in enumerate(digits):
                 cost += costs[g][d]
                 value += values[g][d]
-            fit = np.flatnonzero(cost <= problem.capacity)
+                extra += extras[g][:, d]
+            ok = (cost <= problem.capacity) & (extra <= problem.extra_caps[:, None]).all(axis=0)
+            fit = np.flatnonzero(ok)
             if fit.size == 0:
                 continue
             i = fit[np.lexsort((flat[fit], cost[fit], value[fit]))[0]]
             cand = (float(value[i]), float(cost[i]), int(flat[i]))
             if cand < best:
                 best = cand
+        if best[2] < 0:
+            return None  # the rows are jointly unsatisfiable
         digits = np.unravel_index(best[2], dims)
         return np.array([options[g][int(d)] for g, d in enumerate(digits)], dtype=np.int64)

@@ -9,8 +9,8 @@ from ..search.budget import Budget
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._mckp import greedy_choice
-from .base import make_solution, provenance, start
+from ._mckp import feasible_start, greedy_choice
+from .base import infeasible, make_solution, provenance, start
 
 
 @SOLVERS.register("greedy")
@@ -26,6 +26,12 @@ class GreedySolver:
     greedy (Kellerer, Pferschy & Pisinger, *Knapsack Problems*, 2004, ch. 11). On convex
     (value, cost) curves it matches the LP optimum except for the split group. Status FEASIBLE.
 
+    Extra budget rows (BOPs, latency): an upgrade must fit every row; its cost is the scaled
+    sum of its row increases (:func:`~bitalloc.solvers._mckp.greedy_choice`). When the
+    cheapest-memory plan breaks an extra row it is first repaired
+    (:func:`~bitalloc.solvers._mckp.repair`); if that gets stuck the result is INFEASIBLE with
+    a message pointing to ``ilp``.
+
     Example:
         >>> sol = GreedySolver().solve(table, Budget.avg_bits(3.0))
     """
@@ -38,7 +44,16 @@ class GreedySolver:
         problem, started, early = start(self, table, budget)
         if early is not None:
             return early
-        choice = greedy_choice(problem)
+        first = feasible_start(problem)
+        if first is None:
+            msg = (
+                "greedy found no plan meeting every constraint (each row alone is "
+                "satisfiable; use the exact solver 'ilp' to decide whether they are jointly)"
+            )
+            return infeasible(
+                problem, table, budget, provenance(self, table, budget, started), msg
+            )
+        choice = greedy_choice(problem, first)
         return make_solution(
             problem,
             table,

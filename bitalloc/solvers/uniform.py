@@ -24,7 +24,8 @@ class UniformSolver:
     """One format for every unit: the largest common format that fits the budget.
 
     Among the formats ``j`` allowed for every unit, pick ``argmax_j C_j`` subject to
-    ``C_j = sum_i c[i, j] <= B`` (ties -> least ``sum_i v[i, j]``, then first in the space).
+    ``C_j = sum_i c[i, j] <= B`` and every extra budget row ``sum_i a_r[i, j] <= b_r`` (ties
+    -> least ``sum_i v[i, j]``, then first in the space).
     This is the fixed-precision baseline that mixed-precision work compares against (e.g.
     HAWQ-V3, Yao et al., ICML 2021, "uniform" rows). Status FEASIBLE.
 
@@ -52,32 +53,40 @@ class UniformSolver:
         started = time.perf_counter()
         space = table.space
         problem = Problem.build(table, budget)
+        if problem.violated_minima():
+            return infeasible(problem, table, budget, provenance(self, table, budget, started))
         common = problem.allowed.all(axis=0)
         totals = np.where(
             common, np.where(problem.allowed, problem.costs, 0.0).sum(axis=0), np.inf
         )
         objectives = np.where(problem.allowed, problem.values, 0.0).sum(axis=0)
+        extra = np.where(problem.allowed[None], problem.extra_costs, 0.0).sum(axis=1)  # [m, F]
+        extra_ok = (extra <= problem.extra_caps[:, None]).all(axis=0)
         unit = "avg bits" if budget.kind.value == "avg_bits" else "bytes"
         if self.format is not None:
             j = self._forced_index(space.keys, common)
+            msg = ""
             if totals[j] > problem.capacity:
                 need = budget.from_bits(float(totals[j]), space)
                 msg = (
                     f"format {space.keys[j]} for every unit needs {need:.6g} {unit}, "
-                    f"above the budget {budget.describe()}"
+                    f"above the budget {budget.describe(rows=False)}"
                 )
+            elif not extra_ok[j]:
+                msg = f"format {space.keys[j]} for every unit breaks " + _broken(problem, extra, j)
+            if msg:
                 return self._infeasible(problem, table, budget, started, msg)
         else:
             fits = common & (totals <= problem.capacity)
-            if not fits.any():
-                return self._infeasible(
-                    problem,
-                    table,
-                    budget,
-                    started,
-                    self._no_fit_message(problem, budget, totals, space),
-                )
-            cand = np.flatnonzero(fits)
+            if not (fits & extra_ok).any():
+                msg = self._no_fit_message(problem, budget, totals, space)
+                if fits.any():
+                    msg = "no single format for every unit meets every constraint: " + "; ".join(
+                        f"{space.keys[j]} breaks {_broken(problem, extra, j)}"
+                        for j in np.flatnonzero(fits)
+                    )
+                return self._infeasible(problem, table, budget, started, msg)
+            cand = np.flatnonzero(fits & extra_ok)
             j = int(cand[np.lexsort((cand, objectives[cand], -totals[cand]))[0]])
         choice = np.full(problem.n_groups, j, dtype=np.int64)
         avg = 8.0 * sum(space.formats[j].nbytes(u.shape) for u in space.units) / space.numel
@@ -123,9 +132,9 @@ class UniformSolver:
         j = int(np.argmin(totals))
         need = budget.from_bits(float(totals[j]), space)
         return (
-            f"budget {budget.describe()} is below the minimum achievable {need:.6g} {unit} "
-            f"with one format for every unit ({space.keys[j]}); the minimum with mixed "
-            f"formats is {mixed:.6g} {unit}"
+            f"budget {budget.describe(rows=False)} is below the minimum achievable "
+            f"{need:.6g} {unit} with one format for every unit ({space.keys[j]}); "
+            f"the minimum with mixed formats is {mixed:.6g} {unit}"
         )
 
     def _infeasible(
@@ -140,3 +149,12 @@ class UniformSolver:
         return Solution(
             space=sol.space, choice=(), status=Status.INFEASIBLE, message=message, meta=sol.meta
         )
+
+
+def _broken(problem: Problem, extra: np.ndarray, j: int) -> str:
+    """The extra rows that the uniform plan ``j`` breaks: ``'name' (total > limit)``."""
+    return ", ".join(
+        f"{name!r} ({extra[r, j]:.6g} > {cap:.6g})"
+        for r, (name, cap) in enumerate(zip(problem.extra_names, problem.extra_caps))
+        if extra[r, j] > cap
+    )

@@ -2,6 +2,8 @@
 
 The suite is parametrised over ``SOLVERS.names()``, so a newly registered solver is tested
 automatically. Solvers whose class sets ``exact = True`` must match the brute-force optimum.
+Budgets with extra linear rows (BOPs, latency) must be honoured, unless the class sets
+``supports_constraints = False``; then the solver must refuse them with a ValueError.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bitalloc.search.budget import Budget
+from bitalloc.search.budget import Budget, LinearConstraint
 from bitalloc.search.formats import QuantFormat
 from bitalloc.search.problem import Problem
 from bitalloc.search.solution import Solution, Status
@@ -80,6 +82,44 @@ def budget_between(
             lo = max(lo, float(np.where(p.allowed, p.costs, 0).sum(axis=0)[common].min()))
     bits = (lo + frac * (p.max_cost() - lo)) / table.space.numel
     return Budget.avg_bits(bits)
+
+
+def random_constraint(
+    table: SensitivityTable, seed: int, kind: str, frac: float
+) -> LinearConstraint:
+    """A BOPs row or a random per-(unit, format) latency table, with its limit at ``frac`` of
+    the way from ``lo`` to the row's maximum; ``lo`` is the larger of the row's own minimum
+    and its total when every unit takes ``formats[0]`` (so the cheapest plan of
+    :func:`random_table` fits it)."""
+    rng = np.random.default_rng(seed)
+    space = table.space
+    if kind == "bops":
+        row = LinearConstraint.bops(1.0, activation_bits=8)
+    else:
+        lat = {
+            u.name: {
+                f.key: u.numel * (0.5 + f.bits / 8) * float(rng.lognormal(0.0, 0.25))
+                for f in space.formats
+                if f.key in u.allowed
+            }
+            for u in space.units
+        }
+        row = LinearConstraint.latency(lat, 1.0)
+    p = Problem.build(table, Budget.avg_bits(32.0, [row]))
+    low, high = float(p.extra_min()[0]), float(p.extra_max()[0])
+    cost = row.unit_costs(space)
+    if np.isfinite(cost[:, 0]).all():
+        low = max(low, float(cost[:, 0].sum()))
+    limit = low + frac * (high - low)
+    return LinearConstraint.from_dict({**row.to_dict(), "limit": limit})
+
+
+def row_slack_ok(budget: Budget, sol: Solution) -> bool:
+    """Memory exact; extra rows up to float rounding of their sums (1e-9 relative)."""
+    res = budget.residuals(sol)
+    return res.pop("memory") >= 0 and all(
+        res[c.name] >= -1e-9 * max(1.0, abs(c.limit)) for c in budget.constraints
+    )
 
 
 def oracle(table: SensitivityTable, budget: Budget) -> Solution:
@@ -180,6 +220,46 @@ class SolverContract:
             if exact:
                 assert sol.status is Status.OPTIMAL
                 assert math.isclose(sol.objective, best.objective, rel_tol=1e-9), seed
+
+    def test_extra_constraints_respected(self, solver_name: str) -> None:
+        """Every row of a budget with a BOPs or latency row holds; exact solvers match brute
+        force. Solvers that set ``supports_constraints = False`` must refuse (ValueError)."""
+        solver = self.make(solver_name)
+        exact = getattr(type(solver), "exact", False)
+        for seed in range(9):
+            table = random_table(200 + seed, n_units=7, formats=FORMATS4, ties=(2,) * (seed % 2))
+            frac = (0.05, 0.2, 0.4)[seed // 3]
+            rows = [
+                random_constraint(table, seed, kind, frac)
+                for kind in (("bops",), ("latency",), ("bops", "latency"))[seed % 3]
+            ]
+            budget = budget_between(table, (0.8, 0.5, 1.0)[seed % 3]).with_constraints(*rows)
+            if not getattr(type(solver), "supports_constraints", True):
+                with pytest.raises(ValueError, match="constraint"):
+                    solver.solve(table, budget)
+                return
+            sol = solver.solve(table, budget)
+            best = oracle(table, budget)
+            assert best.status is Status.OPTIMAL
+            assert sol.status in (Status.OPTIMAL, Status.FEASIBLE, Status.LIMIT), sol.message
+            assert row_slack_ok(budget, sol), (seed, budget.residuals(sol))
+            assert sol.objective >= best.objective * (1 - 1e-12)
+            if exact:
+                assert sol.status is Status.OPTIMAL
+                assert math.isclose(sol.objective, best.objective, rel_tol=1e-9), seed
+
+    def test_extra_constraint_below_its_minimum(self, solver_name: str) -> None:
+        """A row below its own minimum gives INFEASIBLE naming the row and that minimum."""
+        solver = self.make(solver_name)
+        if not getattr(type(solver), "supports_constraints", True):
+            return
+        table = random_table(4)
+        row = random_constraint(table, 4, "latency", 0.0)
+        low = float(Problem.build(table, Budget.avg_bits(32.0, [row])).extra_min()[0])
+        bad = LinearConstraint.from_dict({**row.to_dict(), "limit": 0.99 * low})
+        sol = solver.solve(table, Budget.avg_bits(32.0, [bad]))
+        assert sol.status is Status.INFEASIBLE and sol.choice == ()
+        assert "'latency'" in sol.message and f"{low:.6g}" in sol.message
 
     def test_rejects_wrong_types(self, solver_name: str) -> None:
         table = random_table(0)

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from contracts.solver import FORMATS4, FORMATS5, budget_between, oracle, random_table
+from contracts.solver import (
+    FORMATS4,
+    FORMATS5,
+    budget_between,
+    oracle,
+    random_constraint,
+    random_table,
+    row_slack_ok,
+)
 
-from bitalloc.search.budget import Budget
+from bitalloc.search.budget import Budget, LinearConstraint
 from bitalloc.search.problem import Problem
 from bitalloc.search.solution import Status
 from bitalloc.solvers import SOLVERS, IlpSolver
@@ -20,6 +28,7 @@ from bitalloc.solvers import ilp as ilp_module
 HAS_HIGHS = importlib.util.find_spec("highspy") is not None
 BACKENDS = [
     "cbc",
+    "scipy",
     pytest.param("highs", marks=pytest.mark.skipif(not HAS_HIGHS, reason="highspy missing")),
 ]
 
@@ -81,15 +90,14 @@ def test_prints_nothing_and_leaves_no_files(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_auto_backend_switches_to_highs_for_large_problems(
+def test_auto_backend_switches_to_scipy_for_large_problems(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     table = random_table(2)
     budget = budget_between(table, 0.4)
     assert IlpSolver().solve(table, budget).meta["backend"] == "cbc"
-    if HAS_HIGHS:
-        monkeypatch.setattr(ilp_module, "AUTO_HIGHS_ABOVE", 0)
-        assert IlpSolver().solve(table, budget).meta["backend"] == "highs"
+    monkeypatch.setattr(ilp_module, "AUTO_HIGHS_ABOVE", 0)
+    assert IlpSolver().solve(table, budget).meta["backend"] == "scipy"
 
 
 def test_highs_requested_without_highspy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,3 +191,64 @@ def test_real_time_limit_returns_a_plan() -> None:
     assert sol.status in (Status.OPTIMAL, Status.LIMIT, Status.FEASIBLE)
     assert budget.residual(sol) >= 0
     assert sol.objective >= sol.meta["lp_bound"] * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extra_rows_match_brute_force(backend: str) -> None:
+    for seed in range(10):
+        table = random_table(300 + seed, n_units=7, formats=FORMATS4, ties=((2,), ())[seed % 2])
+        rows = [random_constraint(table, seed, k, 0.1 + 0.08 * seed) for k in ("bops", "latency")]
+        budget = budget_between(table, 0.3 + 0.07 * seed).with_constraints(*rows)
+        best = oracle(table, budget)
+        sol = IlpSolver(backend=backend).solve(table, budget)
+        assert sol.status is Status.OPTIMAL, sol.message
+        assert math.isclose(sol.objective, best.objective, rel_tol=1e-9), seed
+        assert row_slack_ok(budget, sol)
+        assert sol.meta["lp_bound"] <= best.objective * (1 + 1e-9)
+
+
+def test_jointly_infeasible_rows() -> None:
+    """Memory forces the narrowest formats, latency forbids them: each row alone is fine."""
+    table = random_table(3, n_units=6, formats=FORMATS4, mask_prob=0.0, ties=())
+    slow = LinearConstraint.latency(dict(zip(FORMATS4, (3.0, 2.0, 1.0, 1.0))), 1.0)
+    base = Problem.build(table, Budget.avg_bits(32.0, [slow]))
+    limit = 0.9 * float(base.extra_totals(base.cheapest())[0])
+    assert limit > base.extra_min()[0]
+    latency = LinearConstraint.from_dict({**slow.to_dict(), "limit": limit})
+    budget = Budget.bytes(base.min_cost() / 8, [latency])
+    solvers = [("ilp", {"backend": "cbc"}), ("ilp", {"backend": "scipy"}), ("brute_force", {})]
+    for name, opts in solvers:
+        sol = SOLVERS.get(name, **opts).solve(table, budget)
+        assert sol.status is Status.INFEASIBLE and "jointly" in sol.message, (name, sol.message)
+        assert "['latency']" in sol.message
+    sol = SOLVERS.get("greedy").solve(table, budget)
+    assert sol.status is Status.INFEASIBLE and "'ilp'" in sol.message
+
+
+def test_scipy_time_limit_with_extra_row() -> None:
+    table = random_table(0, n_units=3000, formats=FORMATS5, ties=(), mask_prob=0.0)
+    budget = budget_between(table, 0.35).with_constraints(
+        random_constraint(table, 0, "latency", 0.3)
+    )
+    sol = IlpSolver(backend="scipy", time_limit_s=0.05, mip_rel_gap=0.0).solve(table, budget)
+    assert sol.status in (Status.OPTIMAL, Status.LIMIT, Status.FEASIBLE)
+    assert row_slack_ok(budget, sol)
+    assert sol.objective >= sol.meta["lp_bound"] * (1 - 1e-12)
+    if sol.status is Status.LIMIT:
+        assert "time limit 0.05s" in sol.message and "gap" in sol.message
+
+
+def test_large_problems_take_the_lp_rounding_when_within_gap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = random_table(9, n_units=300, formats=FORMATS5, ties=(), mask_prob=0.0)
+    budget = budget_between(table, 0.4)
+    exact = IlpSolver(backend="scipy", mip_rel_gap=0.0).solve(table, budget)
+    monkeypatch.setattr(ilp_module, "AUTO_HIGHS_ABOVE", 0)
+    sol = IlpSolver(mip_rel_gap=1e-2).solve(table, budget)
+    assert sol.status is Status.OPTIMAL and sol.meta["backend"] is None
+    assert "lagrangian plan within mip_rel_gap" in sol.meta["solver_status"]
+    assert sol.objective <= exact.objective * (1 + 1e-2) and sol.meta["mip_gap"] <= 1e-2
+    forced = IlpSolver(mip_rel_gap=0.0).solve(table, budget)  # gap 0: the MIP runs
+    assert forced.meta["backend"] == "scipy"
+    assert math.isclose(forced.objective, exact.objective, rel_tol=1e-9)
