@@ -26,7 +26,7 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.space import SearchSpace
 from ..search.table import SensitivityTable
-from .base import infeasible
+from .base import infeasible, make_solution, provenance, start
 
 
 def nominal_bits(space: SearchSpace) -> np.ndarray:
@@ -181,3 +181,36 @@ def need(problem: Problem, budget: Budget, space: SearchSpace, choice: np.ndarra
     bits = problem.total(choice)[1]
     unit = "avg bits" if budget.kind.value == "avg_bits" else "bytes"
     return f"{budget.from_bits(bits, space):.6g} {unit}"
+
+
+def two_precision_start(
+    solver: Any, table: SensitivityTable, budget: Budget, rule: str
+) -> tuple[Problem, Split | None, dict[str, Any], Solution | None]:
+    """Shared opening of the two-precision rules (``nncf_ratio``, ``mlx_threshold``).
+
+    Returns ``(problem, split, meta, early)``: ``early`` is the result to return as is (budget
+    below the cheapest plan, no two-precision pair fitting, or every unit at ``low`` over
+    budget); otherwise ``split`` holds the low/high pair and per-group sensitivity scores.
+    """
+    problem, started, early = start(solver, table, budget)
+    if early is not None:
+        return problem, None, {}, early
+    space = table.space
+    nominal = nominal_bits(space)
+    low = format_index(space, solver.low, "low") if solver.low is not None else None
+    high = format_index(space, solver.high, "high") if solver.high is not None else None
+    pair = bracket(problem, nominal, low, high)
+    meta = provenance(solver, table, budget, started)
+    if pair is None:  # no all-low plan fits, but the cheapest plan does
+        meta["rule"] = {"name": rule, "fallback": "cheapest"}
+        msg = "no two-precision plan fits: every group at its cheapest allowed format"
+        sol = make_solution(problem, table, budget, problem.cheapest(), Status.FEASIBLE, meta, msg)
+        return problem, None, meta, sol
+    split = make_split(problem, space, nominal, *pair)
+    if not problem.fits(split.base):
+        msg = (
+            f"every unit at `low` {space.keys[split.low]} needs "
+            f"{need(problem, budget, space, split.base)}, above the budget {budget.describe()}"
+        )
+        return problem, None, meta, infeasible_with(problem, table, budget, meta, msg)
+    return problem, split, meta, None

@@ -11,16 +11,8 @@ from ..search.budget import Budget
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._anchors import (
-    bracket,
-    check_optional_key,
-    format_index,
-    infeasible_with,
-    make_split,
-    need,
-    nominal_bits,
-)
-from .base import make_solution, provenance, start
+from ._anchors import check_optional_key, two_precision_start
+from .base import make_solution
 
 
 @SOLVERS.register("mlx_threshold")
@@ -78,27 +70,11 @@ class MlxThresholdSolver:
 
     def solve(self, table: SensitivityTable, budget: Budget) -> Solution:
         """The plan at the smallest fitting sensitivity threshold under ``budget``."""
-        problem, started, early = start(self, table, budget)
+        problem, split, meta, early = two_precision_start(self, table, budget, "mlx-lm threshold")
         if early is not None:
             return early
+        assert split is not None
         space = table.space
-        nominal = nominal_bits(space)
-        low = format_index(space, self.low, "low") if self.low is not None else None
-        high = format_index(space, self.high, "high") if self.high is not None else None
-        pair = bracket(problem, nominal, low, high)
-        meta = provenance(self, table, budget, started)
-        if pair is None:  # no all-low plan fits, but the cheapest plan does
-            meta["rule"] = {"name": "mlx-lm threshold", "fallback": "cheapest"}
-            msg = "no two-precision plan fits: every group at its cheapest allowed format"
-            choice = problem.cheapest()
-            return make_solution(problem, table, budget, choice, Status.FEASIBLE, meta, msg)
-        split = make_split(problem, space, nominal, *pair)
-        if not problem.fits(split.base):
-            msg = (
-                f"every unit at `low` {space.keys[split.low]} needs "
-                f"{need(problem, budget, space, split.base)}, above the budget {budget.describe()}"
-            )
-            return infeasible_with(problem, table, budget, meta, msg)
         thresholds = np.concatenate([[-np.inf], np.unique(split.score)])
 
         def fits(k: int) -> bool:

@@ -14,15 +14,12 @@ from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._anchors import (
     Split,
-    bracket,
     check_optional_key,
-    format_index,
     infeasible_with,
-    make_split,
     need,
-    nominal_bits,
+    two_precision_start,
 )
-from .base import make_solution, provenance, start
+from .base import make_solution
 
 
 @SOLVERS.register("nncf_ratio")
@@ -84,27 +81,11 @@ class NncfRatioSolver:
 
     def solve(self, table: SensitivityTable, budget: Budget) -> Solution:
         """NNCF's plan at ``ratio`` (or the smallest fitting ratio) under ``budget``."""
-        problem, started, early = start(self, table, budget)
+        problem, split, meta, early = two_precision_start(self, table, budget, "nncf ratio")
         if early is not None:
             return early
+        assert split is not None
         space = table.space
-        nominal = nominal_bits(space)
-        low = format_index(space, self.low, "low") if self.low is not None else None
-        high = format_index(space, self.high, "high") if self.high is not None else None
-        pair = bracket(problem, nominal, low, high)
-        meta = provenance(self, table, budget, started)
-        if pair is None:  # no all-low plan fits, but the cheapest plan does
-            meta["rule"] = {"name": "nncf ratio", "fallback": "cheapest"}
-            msg = "no two-precision plan fits: every group at its cheapest allowed format"
-            choice = problem.cheapest()
-            return make_solution(problem, table, budget, choice, Status.FEASIBLE, meta, msg)
-        split = make_split(problem, space, nominal, *pair)
-        if not problem.fits(split.base):
-            msg = (
-                f"every unit at `low` {space.keys[split.low]} needs "
-                f"{need(problem, budget, space, split.base)}, above the budget {budget.describe()}"
-            )
-            return infeasible_with(problem, table, budget, meta, msg)
         order = np.argsort(split.score, kind="stable")  # ascending sensitivity
         cum = np.cumsum(split.weights[order])
         total = float(cum[-1]) if len(cum) else 0.0
