@@ -84,3 +84,22 @@ def weight_delta(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
 def options(estimator: Any) -> dict[str, Any]:
     """The estimator's options (its dataclass fields)."""
     return dataclasses.asdict(estimator) if dataclasses.is_dataclass(estimator) else {}
+
+
+def require_calibration(calib: Calibration | None, estimator: str) -> Calibration:
+    """``calib``, or a ValueError naming the estimator that needs it."""
+    if calib is None:
+        raise ValueError(f"`calib` is required for the {estimator} estimator")
+    return calib
+
+
+def require_linear(modules: dict[str, nn.Module], estimator: str, alternative: str) -> None:
+    """Refuse non-``nn.Linear`` units for estimators that read ``x @ W^T`` outputs."""
+    from torch import nn
+
+    for name, mod in modules.items():
+        if not isinstance(mod, nn.Linear):
+            raise ValueError(
+                f"{estimator} supports nn.Linear units only; {name!r} is "
+                f"{type(mod).__name__} (use {alternative} or exclude it)"
+            )

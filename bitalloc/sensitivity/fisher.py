@@ -28,7 +28,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Progress, options, unit_modules, unit_weight, weight_delta
+from .base import Progress, options, require_calibration, unit_modules, unit_weight, weight_delta
 
 if TYPE_CHECKING:
     import torch
@@ -64,8 +64,7 @@ class FisherEstimator:
     ) -> SensitivityTable:
         import torch
 
-        if calib is None:
-            raise ValueError("`calib` is required for the fisher estimator")
+        calib = require_calibration(calib, "fisher")
         started = time.perf_counter()
         modules = unit_modules(model, space)
         n = n_batches(calib, self.max_batches)

@@ -45,7 +45,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Progress, options, unit_modules, unit_weight, weight_delta
+from .base import Progress, options, require_calibration, unit_modules, unit_weight, weight_delta
 
 if TYPE_CHECKING:
     import torch
@@ -105,8 +105,7 @@ class HessianTraceEstimator:
         *,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        if calib is None:
-            raise ValueError("`calib` is required for the hessian_trace estimator")
+        calib = require_calibration(calib, "hessian_trace")
         started = time.perf_counter()
         modules = unit_modules(model, space)
         try:

@@ -46,7 +46,7 @@ import numpy as np
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import n_batches
-from .base import Progress, options, unit_modules, unit_weight
+from .base import Progress, options, require_calibration, unit_modules, unit_weight
 
 if TYPE_CHECKING:
     import torch
@@ -83,8 +83,7 @@ class KlProbeEstimator:
         *,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        if calib is None:
-            raise ValueError("`calib` is required for the kl_probe estimator")
+        calib = require_calibration(calib, "kl_probe")
         n = n_batches(calib, self.max_batches)
         started = time.perf_counter()
         modules = unit_modules(model, space)

@@ -21,7 +21,15 @@ import numpy as np
 
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Progress, options, unit_modules, unit_weight, weight_delta
+from .base import (
+    Progress,
+    options,
+    require_calibration,
+    require_linear,
+    unit_modules,
+    unit_weight,
+    weight_delta,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -58,16 +66,10 @@ class LayerErrorEstimator:
     ) -> SensitivityTable:
         import torch
 
-        if calib is None:
-            raise ValueError("`calib` is required for the layer_error estimator")
+        calib = require_calibration(calib, "layer_error")
         started = time.perf_counter()
         modules = unit_modules(model, space)
-        for name, mod in modules.items():
-            if not isinstance(mod, torch.nn.Linear):
-                raise ValueError(
-                    f"layer_error supports nn.Linear units only; {name!r} is "
-                    f"{type(mod).__name__} (use weight_error or exclude it)"
-                )
+        require_linear(modules, "layer_error", "weight_error")
         hessians, tokens = collect_hessians(model, modules, calib, callback)
         values = np.full((len(space), len(space.formats)), np.inf)
         mask = space.mask

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import block_scaled_error, find_blocks, n_batches, unit_blocks
-from .base import Progress, options, unit_modules
+from .base import Progress, options, require_calibration, unit_modules
 
 if TYPE_CHECKING:
     import torch
@@ -58,8 +58,7 @@ class LimEstimator:
         *,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        if calib is None:
-            raise ValueError("`calib` is required for the lim estimator")
+        calib = require_calibration(calib, "lim")
         n = n_batches(calib, self.max_batches)
         started = time.perf_counter()
         modules = unit_modules(model, space)

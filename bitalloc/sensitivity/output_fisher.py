@@ -27,7 +27,15 @@ import numpy as np
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._grad import batch_loss, check_finite, grad_scope, n_batches, unique_weights
-from .base import Progress, options, unit_modules, unit_weight, weight_delta
+from .base import (
+    Progress,
+    options,
+    require_calibration,
+    require_linear,
+    unit_modules,
+    unit_weight,
+    weight_delta,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,18 +69,11 @@ class OutputFisherEstimator:
         *,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        import torch
 
-        if calib is None:
-            raise ValueError("`calib` is required for the output_fisher estimator")
+        calib = require_calibration(calib, "output_fisher")
         started = time.perf_counter()
         modules = unit_modules(model, space)
-        for name, mod in modules.items():
-            if not isinstance(mod, torch.nn.Linear):
-                raise ValueError(
-                    f"output_fisher supports nn.Linear units only; {name!r} is "
-                    f"{type(mod).__name__} (use fisher or exclude it)"
-                )
+        require_linear(modules, "output_fisher", "fisher")
         n = n_batches(calib, self.max_batches)
         raw = np.zeros((len(space), len(space.formats)))
         fqns = list(dict.fromkeys(u.fqn for u in space.units))  # modules, in space order
