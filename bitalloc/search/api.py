@@ -157,19 +157,35 @@ def _cache_key(est: Any, space: SearchSpace, provenance: dict[str, Any]) -> str:
 
 
 def solve(
-    table: SensitivityTable, budget: Budget | float, solver: Any = "ilp", **options: Any
+    table: SensitivityTable,
+    budget: Budget | float,
+    solver: Any = "ilp",
+    *,
+    evaluate: Any = None,
+    **options: Any,
 ) -> Solution:
     """Pick one format per unit minimising the table's summed loss under ``budget``.
 
     ``budget`` is a :class:`Budget` or a float meaning average bits. An infeasible budget gives
     a Solution with status INFEASIBLE and the minimum achievable budget in its message.
+    ``evaluate`` (an :class:`~bitalloc.solvers.base.Evaluator`, e.g. measured KL) is passed to
+    black-box solvers (``evopress``, ``optuna``, ``nsga2``); without it they optimise the
+    table's predicted loss.
 
     Example:
         >>> sol = bitalloc.solve(table, Budget.avg_bits(3.0), solver="ilp")
     """
     if not isinstance(table, SensitivityTable):
         raise TypeError(f"`table` must be a SensitivityTable, got {type(table).__name__}")
-    return _registry("solver").resolve(solver, **options).solve(table, as_budget(budget))
+    impl = _registry("solver").resolve(solver, **options)
+    if evaluate is None:
+        return impl.solve(table, as_budget(budget))
+    if not getattr(type(impl), "black_box", False):
+        raise ValueError(
+            f"solver {type(impl).name!r} optimises the table only and takes no `evaluate`; "
+            "black-box solvers: evopress, optuna, nsga2"
+        )
+    return impl.solve(table, as_budget(budget), evaluate=evaluate)
 
 
 def as_budget(budget: Budget | float) -> Budget:

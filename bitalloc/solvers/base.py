@@ -31,6 +31,21 @@ class Solver(Protocol):
         ...
 
 
+@runtime_checkable
+class Evaluator(Protocol):
+    """Measured loss of a plan, lower is better (black-box solvers: evopress, optuna, nsga2).
+
+    ``evaluate(solution, tokens=None) -> float``; e.g. KL of the quantized model to the
+    reference on calibration tokens. ``tokens`` limits the measurement to the first ``tokens``
+    calibration tokens (``None`` = all of them); EvoPress's multi-step selection grows it.
+    Implementations with torch live outside ``solvers/`` (solvers stay free of torch).
+    """
+
+    def __call__(self, solution: Solution, *, tokens: int | None = None) -> float:
+        """The plan's measured loss."""
+        ...
+
+
 def validate(table: Any, budget: Any) -> None:
     """Type-check the solver inputs (messages name the argument)."""
     if not isinstance(table, SensitivityTable):
