@@ -109,10 +109,11 @@ class SearchSpace:
             if bad:
                 raise ValueError(f"unit {u.name!r} allows formats {sorted(bad)} not in the space")
             if not u.allowed:
+                why = [r for f in self.formats if (r := f.unsupported_reason(u.shape))]
                 raise ValueError(
                     f"unit {u.name!r} (shape {u.shape}) can take none of the formats "
                     f"{[f.key for f in self.formats]}; add a per-channel ('-pc') format or "
-                    "exclude it"
+                    "exclude it" + (f" ({'; '.join(why)})" if why else "")
                 )
         self._check_ties()
 
@@ -214,7 +215,8 @@ class SearchSpace:
         Args:
             model: the network; units are named by ``model.named_modules()``.
             formats: format keys or :class:`QuantFormat`; each unit allows those its shape
-                supports (``in_features % group_size == 0``).
+                supports (``in_features % group_size == 0``, and ``in_features % M == 0`` for
+                N:M sparse formats; see :meth:`QuantFormat.unsupported_reason`).
             include: patterns a unit must match (any); empty = all. ``"re:..."`` is a regex
                 (full match), anything else a glob such as ``"*.mlp.*"``.
             exclude: patterns to drop; ``None`` = embeddings and ``lm_head``.

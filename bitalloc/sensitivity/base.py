@@ -74,11 +74,15 @@ def unit_weight(module: nn.Module, unit: Unit) -> torch.Tensor:
 
 
 def weight_delta(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    """``Q(W) - W`` in float32 for format ``fmt`` (round-to-nearest reference quantizer)."""
-    from ..kernels.reference import fake_quantize
+    """``Q(W) - W`` in float32 for format ``fmt`` (round-to-nearest reference quantizer;
+    sparse formats prune by magnitude first, so ``Q`` zeroes the pruned weights)."""
+    from ..kernels.sparsity import fake_quantize_sparse
 
     wf = w.detach().float()
-    return fake_quantize(wf, fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind) - wf
+    q = fake_quantize_sparse(
+        wf, fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind, fmt.sparsity, fmt.n_m
+    )
+    return q - wf
 
 
 def options(estimator: Any) -> dict[str, Any]:

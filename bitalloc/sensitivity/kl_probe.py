@@ -217,10 +217,13 @@ def probe(
     """
     import torch
 
-    from ..kernels.reference import fake_quantize
+    from ..kernels.sparsity import fake_quantize_sparse
 
     original = weight.clone()
-    q = fake_quantize(original.float(), fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind)
+    f = fmt
+    q = fake_quantize_sparse(
+        original.float(), f.bits, f.group_size, f.symmetric, f.float_kind, f.sparsity, f.n_m
+    )
     num, den = 0.0, 0.0
     try:
         weight.copy_(q.to(original.dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -117,3 +118,123 @@ def test_parse_formats() -> None:
         parse_formats([])
     with pytest.raises(TypeError, match="`formats`"):
         parse_formats(5)
+
+
+# ---------------------------------------------------------------------- sparse formats
+@pytest.mark.parametrize(
+    "key, shape, nbytes",
+    [
+        # unstructured: kept codes + 1-bit mask over numel + scales + zeros (as dense)
+        # 10 rows x 192: floor(0.5*192)=96 zeros/row -> kept 960; codes ceil(960*3/8)=360,
+        # mask ceil(1920/8)=240, 30 groups: scales 60, zeros ceil(90/8)=12
+        ("int3-g64-s0.5", (10, 192), 360 + 240 + 60 + 12),
+        # floor(0.57*100)=57 exactly (not 56): kept 3*43=129 -> ceil(129*4/8)=65, mask
+        # ceil(300/8)=38, per-channel: 3 scales (6) + ceil(3*4/8)=2 zeros
+        ("int4-pc-s0.57", (3, 100), 65 + 38 + 6 + 2),
+        # 0.9 of 10 -> 9 zeros/row, kept 7; sym: no zeros
+        ("int8-pc-sym-s0.9", (7, 10), 7 + 9 + 7 * 2),
+        # 2:4: kept numel/2 = 32768 codes of 4 bits = 16384, mask 65536/8 = 8192,
+        # 512 groups: 1024 scale bytes + 256 zero bytes
+        ("int4-g128-s2:4", (256, 256), 16384 + 8192 + 1024 + 256),
+        ("int3-g64-s2:4", (10, 192), 360 + 240 + 60 + 12),  # same kept count as s0.5
+        ("int2-g4-s2:4", (8, 4, 3, 3), 36 + 36 + 72 * 2 + 18),  # conv: in = 36
+        # floats: 2 bytes per kept weight + mask
+        ("bf16-s2:4", (8, 16), 2 * 64 + 16),
+        ("fp16-s0.75", (2, 10), 2 * 2 * 3 + 3),  # floor(7.5)=7 zeros/row -> 3 kept
+    ],
+)
+def test_sparse_nbytes_by_hand(key: str, shape: tuple[int, ...], nbytes: int) -> None:
+    fmt = QuantFormat.parse(key)
+    assert fmt.is_sparse and fmt.supports(shape)
+    assert fmt.nbytes(shape) == nbytes
+    assert fmt.bits_per_weight(shape) == 8 * nbytes / math.prod(shape)
+
+
+def test_two_four_bits_per_weight_is_b_over_2_plus_1() -> None:
+    # algorithms.md 9.1: b/2 + 1 bits per weight before scales (sym, per-channel -> tiny)
+    shape = (1, 4096)
+    for bits in (4, 8):
+        bpw = QuantFormat.parse(f"int{bits}-pc-sym-s2:4").bits_per_weight(shape)
+        assert bpw == bits / 2 + 1 + 16 / 4096
+    assert QuantFormat.parse("bf16-s2:4").bits_per_weight(shape) == 9.0
+
+
+@pytest.mark.parametrize(
+    "key, sparsity, n_m, dense",
+    [
+        ("int4-g128-s0.5", 0.5, None, "int4-g128"),
+        ("int3-g64-s2:4", 0.5, (2, 4), "int3-g64"),
+        ("int3-g64-sym-s2:4", 0.5, (2, 4), "int3-g64-sym"),
+        ("int8-pc-s0.75", 0.75, None, "int8-pc"),
+        ("bf16-s2:4", 0.5, (2, 4), "bf16"),
+        ("fp16-s0.6", 0.6, None, "fp16"),
+        ("int4-g32-s4:8", 0.5, (4, 8), "int4-g32"),
+        ("int4-g32-s1:4", 0.75, (1, 4), "int4-g32"),
+    ],
+)
+def test_sparse_parse_and_round_trip(key: str, sparsity: float, n_m, dense: str) -> None:
+    fmt = QuantFormat.parse(key)
+    assert (fmt.sparsity, fmt.n_m, fmt.dense.key) == (sparsity, n_m, dense)
+    assert fmt.key == key and QuantFormat.parse(fmt.key) == fmt
+    assert QuantFormat.from_dict(json.loads(json.dumps(fmt.to_dict()))) == fmt
+    assert not fmt.dense.is_sparse and fmt.is_sparse
+
+
+def test_sparse_constructor_normalises() -> None:
+    assert QuantFormat(4, 128, n_m=(2, 4)) == QuantFormat(4, 128, sparsity=0.5, n_m=[2, 4])
+    assert QuantFormat(4, 128, n_m=(2, 4)).key == "int4-g128-s2:4"
+    assert QuantFormat(4, 128, sparsity=0.1 + 0.2).key == "int4-g128-s0.3"
+    assert QuantFormat(4, 128, sparsity=0.5) != QuantFormat(4, 128, n_m=(2, 4))
+    assert QuantFormat(4, 128, sparsity=0.0).key == "int4-g128"
+
+
+@pytest.mark.parametrize(
+    "key, match",
+    [
+        ("int4-g128-s0", "unstructured sparsity must be in \\(0, 1\\).*-s2:4"),
+        ("int4-g128-s1.0", "unstructured sparsity must be in \\(0, 1\\)"),
+        ("int4-g128-s2:2", "0 < N < M"),
+        ("int4-g128-s0:4", "0 < N < M"),
+        ("int4-g128-s5:4", "0 < N < M"),
+        ("int4-g128-sx", "unknown format key.*'-s0.5'.*'-s2:4'"),
+        ("int4-g128-s2:4-sym", "unknown format key"),
+        ("bf17-s2:4", "unknown format key"),
+    ],
+)
+def test_bad_sparse_keys(key: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        QuantFormat.parse(key)
+
+
+def test_bad_sparse_arguments() -> None:
+    with pytest.raises(ValueError, match="`sparsity` must be a float in \\[0, 1\\)"):
+        QuantFormat(4, 64, sparsity=1.0)
+    with pytest.raises(ValueError, match="`sparsity`"):
+        QuantFormat(4, 64, sparsity=-0.1)
+    with pytest.raises(ValueError, match="contradicts `n_m` 2:4"):
+        QuantFormat(4, 64, sparsity=0.6, n_m=(2, 4))
+    with pytest.raises(ValueError, match="`n_m` must be a pair of ints"):
+        QuantFormat(4, 64, n_m=(2.0, 4))  # type: ignore[arg-type]
+
+
+def test_two_four_needs_in_features_divisible_by_four() -> None:
+    fmt = QuantFormat.parse("int4-pc-s2:4")
+    assert fmt.supports((8, 12)) and not fmt.supports((8, 30))
+    assert "2:4 sparsity needs in_features divisible by 4, got 30" in str(
+        fmt.unsupported_reason((8, 30))
+    )
+    assert QuantFormat.parse("int4-pc-s0.5").supports((8, 30))  # unstructured: any width
+    with pytest.raises(ValueError, match="divisible by 4"):
+        fmt.nbytes((8, 30))
+
+
+def test_search_space_drops_two_four_for_odd_widths_with_a_reason() -> None:
+    from torch import nn
+
+    from bitalloc import SearchSpace
+
+    model = nn.Sequential(nn.Linear(30, 8), nn.Linear(8, 8))
+    space = SearchSpace.from_model(model, ["int4-pc-s2:4", "int4-pc"], exclude=())
+    assert [u.allowed for u in space.units] == [("int4-pc",), ("int4-pc-s2:4", "int4-pc")]
+    with pytest.raises(ValueError, match="'0'.*2:4 sparsity needs in_features divisible by 4"):
+        SearchSpace.from_model(model, ["int4-pc-s2:4"], exclude=())
