@@ -1,10 +1,12 @@
-"""Backends: materialise a plan on a model (``rtn``: round-to-nearest, reversible)."""
+"""Backends: materialise a plan on a model (``rtn``: round-to-nearest; ``gptq``: GPTQ/SparseGPT
+from calibration data; both reversible)."""
 
 from ..search.registry import Registry
 from .base import AppliedPlan, Backend, check_plan
 
 BACKENDS: Registry[Backend] = Registry("backend")
 
+from .gptq import GptqBackend  # noqa: E402  (registers itself)
 from .rtn import RtnBackend  # noqa: E402  (registers itself)
 
-__all__ = ["BACKENDS", "AppliedPlan", "Backend", "RtnBackend", "check_plan"]
+__all__ = ["BACKENDS", "AppliedPlan", "Backend", "GptqBackend", "RtnBackend", "check_plan"]

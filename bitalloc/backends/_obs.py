@@ -1,0 +1,226 @@
+"""GPTQ and SparseGPT on one weight matrix, given the layer's Hessian (pure torch).
+
+Both minimise the layer's output error ``||W X - W_hat X||^2 = tr(dW H dW^T)`` with ``H = 2 X X^T
+/ n`` by the Optimal Brain Surgeon update: columns are fixed left to right and each column's
+rounding (or pruning) error ``e = (w_j - q_j) / U_jj`` is spread onto the columns not fixed yet,
+``W[:, j:] -= e U[j, j:]``, where ``U`` is the upper Cholesky factor of ``(H + damp I)^-1``
+(Frantar et al., "GPTQ", ICLR 2023, Alg. 1, with lazy batch updates over ``block_size``
+columns). SparseGPT (Frantar & Alistarh, ICML 2023, Alg. 1) uses the same loop and zeroes the
+weights with the smallest ``w^2 / U_jj^2`` before rounding them (joint pruning + quantization).
+
+Grid: scales/zeros follow :func:`bitalloc.kernels.reference.quantize` exactly (fp16 scale,
+integer zero point in ``[0, 2^b - 1]``), computed for each group from the current (already
+updated) weights when the group is reached, so the result is what a packed checkpoint with those
+codes and scales dequantizes to. Per-channel formats and ``act_order`` use scales computed from
+the original weights before the loop (with ``act_order`` the groups stay the plain consecutive
+column groups, "static groups"). Masks are exact: unstructured keeps a row-wise quota of exactly
+``pruned_per_row`` zeros per row (each block prunes, per row, the entries of the block among
+the row's ``remaining quota`` lowest scores over all columns not fixed yet); ``N:M`` zeroes
+exactly ``M - N`` of every ``M`` consecutive inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels.reference import dequantize, quantize
+
+_DAMP_TRIES = 6  # damping grows x10 per failed Cholesky
+
+
+@dataclass(frozen=True)
+class Factor:
+    """Upper Cholesky factor ``U`` of ``(H + damp I)^-1`` and the column order it belongs to."""
+
+    u: torch.Tensor  # float32 [K, K]
+    perm: torch.Tensor | None  # processing order (act_order) or None for natural order
+    damp: float  # the damping that succeeded (absolute)
+
+
+@dataclass(frozen=True)
+class ObsResult:
+    """One quantized/pruned weight block in the reference layout.
+
+    ``weight`` is float32 ``[N, K]``; ``codes``/``scale``/``zero`` follow
+    :func:`~bitalloc.kernels.reference.quantize` (``None`` for 16-bit float formats); ``keep``
+    is the boolean keep-mask ``[N, K]`` (``False`` where a weight was pruned, as
+    :func:`bitalloc.kernels.sparsity.prune_mask`; ``None`` when dense).
+    """
+
+    weight: torch.Tensor
+    codes: torch.Tensor | None
+    scale: torch.Tensor | None
+    zero: torch.Tensor | None
+    keep: torch.Tensor | None
+
+
+def hessian_factor(h: torch.Tensor, percdamp: float, act_order: bool) -> Factor:
+    """``U = chol((H' + damp I)^-1)^T`` with dead inputs handled, retrying at higher damping.
+
+    ``H'`` is ``H`` with ``H_jj = 1`` for dead inputs (``H_jj = 0``: never active in the
+    calibration data); such a column then neither receives nor spreads error and is simply
+    rounded to nearest. ``damp = percdamp * mean(diag H')``, multiplied by 10 on each failure.
+    """
+    hd = h.detach().to(torch.float64).clone()
+    diag = torch.diagonal(hd)
+    dead = diag == 0
+    diag[dead] = 1.0
+    perm = torch.argsort(diag, descending=True) if act_order else None
+    if perm is not None:
+        hd = hd[perm][:, perm]
+    damp = percdamp * float(torch.diagonal(hd).mean())
+    eye = torch.eye(hd.shape[0], dtype=hd.dtype, device=hd.device)
+    for _ in range(_DAMP_TRIES):
+        low, info = torch.linalg.cholesky_ex(hd + damp * eye)
+        if int(info) == 0:
+            up, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(low), upper=True)
+            if int(info) == 0 and bool(torch.isfinite(up).all()):
+                return Factor(up.to(torch.float32), perm, damp)
+        damp *= 10.0
+    raise ValueError(
+        f"the Hessian is not positive definite even with damping {damp / 10:.3g}; "
+        "raise `percdamp` or give more calibration data"
+    )
+
+
+def _round(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, qmax: int):
+    """Codes and dequantized values of column ``w`` (reference.quantize's formulas)."""
+    if z is None:
+        code = torch.clamp(torch.round(w / s), -qmax - 1, qmax)
+        return code, code * s
+    code = torch.clamp(torch.round(w / s) + z, 0, qmax)
+    return code, (code - z) * s
+
+
+def _quota_mask(w_rest: torch.Tensor, d_rest: torch.Tensor, quota: torch.Tensor, width: int):
+    """Per row, the ``quota`` lowest ``w^2 / d^2`` of the remaining columns, cut to the block."""
+    scores = w_rest.pow(2) / d_rest.pow(2).unsqueeze(0)
+    order = torch.argsort(scores, dim=1, stable=True)
+    take = torch.arange(w_rest.shape[1], device=w_rest.device).unsqueeze(0) < quota.unsqueeze(1)
+    mask = torch.zeros_like(take).scatter_(1, order, take)
+    return mask[:, :width]
+
+
+def _nm_mask(w: torch.Tensor, d: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Prune ``m - n`` of every ``m`` columns of ``w`` by lowest ``w^2 / d^2`` (per row)."""
+    rows, width = w.shape
+    scores = (w.pow(2) / d.pow(2).unsqueeze(0)).reshape(rows, width // m, m)
+    idx = torch.topk(scores, m - n, dim=-1, largest=False).indices
+    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+    return mask.reshape(rows, width)
+
+
+def _alignment(group: int | None, region: int | None, block_size: int) -> int:
+    """Block width: a multiple of the group and N:M region sizes, at least ``block_size``."""
+    step = math.lcm(group or 1, region or 1)
+    return max(step, block_size // step * step)
+
+
+def obs_quantize(
+    w: torch.Tensor,
+    factor: Factor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    *,
+    float_kind: str | None = None,
+    pruned_per_row: int = 0,
+    n_m: tuple[int, int] | None = None,
+    block_size: int = 128,
+) -> ObsResult:
+    """GPTQ (dense) or SparseGPT (``pruned_per_row > 0`` or ``n_m``) on ``w`` ``[N, K]``.
+
+    ``bits=16`` keeps floats (rounded to ``float_kind`` for the error feedback); it is only
+    useful with sparsity. Sparse formats need ``factor.perm is None`` (natural order).
+    """
+    rows, cols = w.shape
+    quant = bits != 16
+    sparse = n_m is not None or pruned_per_row > 0
+    if sparse and factor.perm is not None:
+        raise ValueError("sparse formats are processed in natural column order (no act_order)")
+    if n_m is not None and cols % n_m[1]:
+        raise ValueError(f"{n_m[0]}:{n_m[1]} sparsity needs in_features divisible by {n_m[1]}")
+    gs = group_size if quant and group_size is not None else None
+    if gs is not None and cols % gs:
+        raise ValueError(f"in_features {cols} is not divisible by group_size {gs}")
+    qmax = (2 ** (bits - 1) - 1) if symmetric else (2**bits - 1)
+    W = w.detach().to(torch.float32).clone()
+    perm = factor.perm
+    if perm is not None:
+        W = W[:, perm]
+    U, diag_u = factor.u, torch.diagonal(factor.u)
+    n_groups = cols // gs if gs else 1
+    scale = torch.empty(rows, n_groups, dtype=torch.float16, device=W.device)
+    zero = None if symmetric else torch.empty(rows, n_groups, dtype=torch.int16, device=W.device)
+    static = quant and (gs is None or perm is not None)
+    if static:  # per-channel, or act_order's static groups: scales from the original weights
+        _, scale, zero = quantize(w.detach().float(), bits, gs, symmetric)
+    codes = torch.zeros(rows, cols, dtype=torch.int16, device=W.device) if quant else None
+    mask = torch.zeros(rows, cols, dtype=torch.bool, device=W.device) if sparse else None
+    quota = torch.full((rows,), pruned_per_row, dtype=torch.long, device=W.device)
+    region = None
+    if n_m is not None:
+        region = math.lcm(n_m[1], gs) if gs else n_m[1]
+    step = _alignment(gs, region, block_size)
+    orig = perm.tolist() if perm is not None else range(cols)
+    half = torch.bfloat16 if (float_kind or "bf16") == "bf16" else torch.float16
+    for i1 in range(0, cols, step):
+        i2 = min(i1 + step, cols)
+        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        Q1, E1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        M1 = None
+        if mask is not None and n_m is None:
+            M1 = _quota_mask(W[:, i1:], diag_u[i1:], quota, i2 - i1)
+            quota -= M1.sum(dim=1)
+        elif mask is not None:
+            M1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            j = i1 + i
+            if n_m is not None and region is not None and j % region == 0:
+                M1[:, i : i + region] = _nm_mask(
+                    W1[:, i : i + region], diag_u[j : j + region], *n_m
+                )
+            g = orig[j] // gs if gs else 0
+            if quant and not static and j % gs == 0:
+                wg = W1[:, i : i + gs]
+                if M1 is not None:
+                    wg = wg.masked_fill(M1[:, i : i + gs], 0.0)
+                _, sg, zg = quantize(wg, bits, None, symmetric)
+                scale[:, g] = sg[:, 0]
+                if zero is not None:
+                    zero[:, g] = zg[:, 0]
+            col = W1[:, i]
+            if quant:
+                s = scale[:, g].float()
+                z = zero[:, g].float() if zero is not None else None
+                code, q = _round(col, s, z, qmax)
+                if M1 is not None:
+                    keep = ~M1[:, i]
+                    code = torch.where(keep, code, z if z is not None else torch.zeros_like(code))
+                    q = q.masked_fill(~keep, 0.0)
+                codes[:, j] = code.to(torch.int16)
+            else:
+                q = col.to(half).float()
+                if M1 is not None:
+                    q = q.masked_fill(M1[:, i], 0.0)
+            Q1[:, i] = q
+            err = (col - q) / U1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            E1[:, i] = err
+        W[:, i1:i2] = Q1
+        if mask is not None and M1 is not None:
+            mask[:, i1:i2] = M1
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    if perm is not None:
+        inv = torch.argsort(perm)
+        W = W[:, inv]
+        codes = codes[:, inv] if codes is not None else None
+    keep = ~mask if mask is not None else None
+    if not quant:
+        return ObsResult(W.to(half).float(), None, None, None, keep)
+    codes3 = codes.reshape(rows, n_groups, cols // n_groups)
+    weight = dequantize(codes3, scale, zero, (rows, cols))
+    return ObsResult(weight, codes3, scale, zero, keep)

@@ -1,0 +1,229 @@
+"""GPTQ backend: calibration-aware quantization (and SparseGPT for sparse formats), reversibly.
+
+Each planned ``nn.Linear`` is quantized with the OBS error feedback of GPTQ (Frantar et al.,
+"GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023)
+from its Hessian ``H = 2 X^T X / n`` over the calibration inputs ``X``; sparse formats use
+SparseGPT (Frantar & Alistarh, ICML 2023): joint pruning + quantization with masks chosen per
+block from ``w^2 / [chol(H^-1)]_jj^2`` and exact per-row counts (see :mod:`._obs`).
+
+Inputs (see :mod:`._sequential`): models with a list of repeated blocks (HF decoder layers,
+found by :func:`bitalloc.sensitivity._blocks.find_blocks`) are processed block by block, each
+block fed the outputs of the already quantized blocks before it; layers outside the blocks
+then take their inputs from one pass of the partly quantized model. A model without such a
+list (any other ``nn.Module``), or ``sequential=False``, collects every layer's inputs from
+the float model in one pass. Channel-slice units (rows of one layer with different formats)
+are quantized row block by row block, each with its own format, from the layer's one ``H``
+(GPTQ is row-independent given ``H``). 16-bit float formats are a cast (dense) or SparseGPT
+without a grid (sparse). The result lies exactly on the reference grid
+(:func:`bitalloc.kernels.reference.dequantize` of the codes); with ``keep_codes`` the handle
+holds the codes, fp16 scales, zero points and masks per unit (``handle.tensors``).
+The algorithm is deterministic (no random component, so no seed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..search.formats import QuantFormat
+from ..search.solution import Solution
+from ..search.space import Unit
+from . import BACKENDS
+from .base import AppliedPlan, check_plan
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ._obs import Factor, ObsResult
+
+log = logging.getLogger(__name__)
+
+
+class GptqPlan(AppliedPlan):
+    """Applied GPTQ plan; ``tensors`` maps unit names to their :class:`ObsResult` (codes,
+    fp16 scales, zero points, prune masks) when the backend ran with ``keep_codes=True``."""
+
+    tensors: dict[str, ObsResult]
+
+
+@BACKENDS.register("gptq")
+@dataclass(frozen=True, slots=True)
+class GptqBackend:
+    """GPTQ / SparseGPT applied in place from calibration data.
+
+    Args:
+        percdamp: damping added to ``H``'s diagonal, as a fraction of its mean (GPTQ: 0.01);
+            multiplied by 10 and retried while the Cholesky factorization fails.
+        block_size: columns per lazy batch update (GPTQ: 128); rounded to a multiple of the
+            group size (and of ``M`` for N:M) so a group's scales see its updated weights.
+        act_order: process columns by decreasing ``H_jj`` (dense formats only); groups stay
+            the plain consecutive columns with scales from the original weights.
+        max_batches: use at most this many calibration batches (``None``: all).
+        sequential: block-by-block inputs from the quantized prefix (see module doc);
+            ``False`` collects all inputs from the float model in one pass.
+        keep_codes: keep codes/scales/zeros/masks on the handle (for packing).
+    """
+
+    name: ClassVar[str]
+    percdamp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+    max_batches: int | None = None
+    sequential: bool = True
+    keep_codes: bool = False
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.percdamp, bool)
+            or not isinstance(self.percdamp, (int, float))
+            or not (0 < self.percdamp < 1e3)
+        ):
+            raise ValueError(f"`percdamp` must be a positive float, got {self.percdamp!r}")
+        if (
+            isinstance(self.block_size, bool)
+            or not isinstance(self.block_size, int)
+            or (self.block_size < 1)
+        ):
+            raise ValueError(f"`block_size` must be a positive int, got {self.block_size!r}")
+        for flag in ("act_order", "sequential", "keep_codes"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"`{flag}` must be a bool, got {getattr(self, flag)!r}")
+
+    def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
+        """2-D (linear) weights in any format their shape allows."""
+        return len(unit.shape) == 2 and fmt.supports(unit.shape)
+
+    def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
+        """Quantize ``model`` in place; ``calib`` (Calibration or list of batches) is required."""
+        from ..search.calibration import as_calibration
+        from ..sensitivity._blocks import n_batches
+
+        if calib is None:
+            raise ValueError(
+                "`calib` is required for the gptq backend (it builds each layer's Hessian from "
+                "calibration inputs); pass calib=... or use backend='rtn'"
+            )
+        calib = as_calibration(calib)
+        batches = calib.batches[: n_batches(calib, self.max_batches)]
+        modules = check_plan(model, solution)
+        plan = self._layers(modules, solution)
+        originals: dict[str, torch.Tensor] = {}
+        tensors: dict[str, ObsResult] = {}
+
+        def quantize_layers(hessians: dict[str, torch.Tensor]) -> None:
+            for fqn, h in hessians.items():
+                mod, entries = plan[fqn]
+                originals[fqn] = mod.weight.detach().to("cpu", copy=True)
+                self._quantize_layer(mod, entries, h, tensors)
+
+        try:
+            self._run(model, plan, batches, calib.forward, quantize_layers)
+        except BaseException:
+            _restore(model, originals)
+            raise
+        handle = GptqPlan(model, solution, originals, _restore)
+        handle.tensors = tensors
+        return handle
+
+    # ------------------------------------------------------------------ internals
+    def _layers(
+        self, modules: dict[str, nn.Module], solution: Solution
+    ) -> dict[str, tuple[nn.Module, list[tuple[Unit, QuantFormat]]]]:
+        """Layer FQN -> (module, [(unit, format), ...]); refuses what GPTQ cannot build."""
+        from torch import nn
+
+        plan: dict[str, tuple[nn.Module, list[tuple[Unit, QuantFormat]]]] = {}
+        for unit, key in zip(solution.space.units, solution.choice):
+            mod, fmt = modules[unit.name], QuantFormat.parse(key)
+            if not isinstance(mod, nn.Linear):
+                raise ValueError(
+                    f"gptq supports nn.Linear units only; {unit.name!r} is "
+                    f"{type(mod).__name__} (use backend='rtn' or exclude it)"
+                )
+            if not self.supports(unit, fmt):
+                raise ValueError(f"unit {unit.name!r} (shape {unit.shape}) cannot take {fmt.key}")
+            plan.setdefault(unit.fqn, (mod, []))[1].append((unit, fmt))
+        return plan
+
+    def _run(self, model: nn.Module, plan: dict[str, Any], batches: Any, forward: Any, quant: Any):
+        from ..sensitivity._blocks import find_blocks
+        from ._sequential import one_pass, sequential
+
+        blocks = find_blocks(model, plan) if self.sequential else []
+        owned: dict[str, dict[str, nn.Module]] = {}
+        for fqn, (mod, _) in plan.items():
+            block = next((b for b, _ in blocks if fqn.startswith(b + ".")), None)
+            if block is not None:
+                owned.setdefault(block, {})[fqn] = mod
+        if owned:
+            log.debug("gptq: sequential over %d blocks", len(blocks))
+            sequential(model, blocks, owned, batches, forward, quant)
+        inside = {f for layers in owned.values() for f in layers}
+        rest = {fqn: mod for fqn, (mod, _) in plan.items() if fqn not in inside}
+        if rest:
+            log.debug("gptq: one pass for %d layers", len(rest))
+            quant(one_pass(model, rest, batches, forward))
+
+    def _quantize_layer(
+        self,
+        mod: nn.Module,
+        entries: list[tuple[Unit, QuantFormat]],
+        h: torch.Tensor,
+        tensors: dict[str, ObsResult],
+    ) -> None:
+        import torch
+
+        from ._obs import hessian_factor, obs_quantize
+
+        factors: dict[bool, Factor] = {}
+        weight = mod.weight
+        with torch.no_grad():
+            for unit, fmt in entries:
+                rows = slice(*unit.channels) if unit.channels is not None else slice(None)
+                w = weight[rows]
+                n_m = getattr(fmt, "n_m", None)
+                pruned = _pruned_per_row(fmt, w.shape[1])
+                if fmt.is_float and not pruned and n_m is None:
+                    w.copy_(w.detach().to(_half(fmt)).to(w.dtype))
+                    continue
+                order = self.act_order and not pruned and n_m is None
+                if order not in factors:
+                    factors[order] = hessian_factor(h.to(w.device), self.percdamp, order)
+                res = obs_quantize(
+                    w.float(),
+                    factors[order],
+                    fmt.bits,
+                    fmt.group_size,
+                    fmt.symmetric,
+                    float_kind=fmt.float_kind,
+                    pruned_per_row=0 if n_m is not None else pruned,
+                    n_m=n_m,
+                    block_size=self.block_size,
+                )
+                w.copy_(res.weight.to(w.dtype))
+                if self.keep_codes:
+                    tensors[unit.name] = res
+
+
+def _pruned_per_row(fmt: QuantFormat, cols: int) -> int:
+    """Zeros per row of a sparse format (``QuantFormat.pruned_per_row``), 0 when dense."""
+    if getattr(fmt, "n_m", None) is None and not getattr(fmt, "sparsity", 0.0):
+        return 0
+    return int(fmt.pruned_per_row(cols))  # type: ignore[attr-defined]
+
+
+def _half(fmt: QuantFormat) -> torch.dtype:
+    import torch
+
+    return torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16
+
+
+def _restore(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    import torch
+
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, w in originals.items():
+            modules[name].weight.copy_(w)
