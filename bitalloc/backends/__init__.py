@@ -9,4 +9,6 @@ BACKENDS: Registry[Backend] = Registry("backend")
 from .gptq import GptqBackend  # noqa: E402  (registers itself)
 from .rtn import RtnBackend  # noqa: E402  (registers itself)
 
+BACKENDS.register_lazy("packed", "bitalloc.backends.packed:PackedBackend")
+
 __all__ = ["BACKENDS", "AppliedPlan", "Backend", "GptqBackend", "RtnBackend", "check_plan"]

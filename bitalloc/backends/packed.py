@@ -1,0 +1,251 @@
+"""Packed backend: replace planned ``nn.Linear`` layers by :class:`PackedLinear`, reversibly,
+and save/load packed checkpoints (safetensors).
+
+``apply`` swaps each planned layer for a :class:`~bitalloc.backends.packed_linear.PackedLinear`
+holding only the packed tensors (codes, fp16 scales, zeros, sparse masks), so the model's weight
+memory is the plan's predicted bytes exactly (:attr:`Solution.nbytes`). Channel-slice units of
+one layer become row blocks of one ``PackedLinear``, each block in its own format.
+``handle.restore()`` puts the original modules back.
+
+Checkpoint (:func:`save_packed` / :func:`load_packed`): a safetensors file holding only the
+packed unit tensors, named ``<layer FQN>.b<k>_<name>``, with the plan JSON in its metadata
+(``bitalloc.plan``). Loading re-checks the plan against the model (unit names and shapes) and
+every tensor's name, shape and dtype; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from ..search._io import atomic_write
+from ..search.formats import QuantFormat
+from ..search.solution import Solution
+from ..search.space import Unit
+from . import BACKENDS
+from .base import AppliedPlan, check_plan
+from .rtn import MASK_SCORES
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .packed_linear import Block, PackedLinear
+
+FORMAT_TAG = "bitalloc.packed"
+FORMAT_VERSION = "1"
+
+
+@BACKENDS.register("packed")
+@dataclass(frozen=True, slots=True)
+class PackedBackend:
+    """Packed storage for ``nn.Linear`` units (dense, sparse and 16-bit float formats).
+
+    Args:
+        mask_score: how sparse formats choose the pruned weights: ``"magnitude"`` or
+            ``"wanda"`` (needs ``calib``); the same masks as the rtn backend.
+    """
+
+    name: ClassVar[str]
+    mask_score: str = "magnitude"
+
+    def __post_init__(self) -> None:
+        if self.mask_score not in MASK_SCORES:
+            raise ValueError(f"`mask_score` must be one of {MASK_SCORES}, got {self.mask_score!r}")
+
+    def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
+        """2-D (``nn.Linear``) weights in any storable format; conv weights are refused."""
+        return len(unit.shape) == 2 and fmt.supports(unit.shape)
+
+    def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
+        from .packed_linear import PackedLinear
+
+        layers = plan_layers(model, solution)
+        norms: dict[str, Any] = {}
+        sparse = sorted(f for f, (_, b) in layers.items() if any(_sparse(k) for *_, k in b))
+        if self.mask_score == "wanda" and sparse:
+            if calib is None:
+                raise ValueError(
+                    "`calib` is required by the packed backend with mask_score='wanda'"
+                )
+            from ..sensitivity.owl import input_norms
+
+            norms = input_norms(model, sparse, calib)
+        built = {}
+        for fqn, (linear, blocks) in layers.items():  # pack everything before swapping
+            built[fqn] = PackedLinear.from_linear(linear, blocks, norms.get(fqn))
+        return _swap(model, solution, built)
+
+
+def plan_layers(model: nn.Module, solution: Solution) -> dict[str, tuple[nn.Linear, list[Block]]]:
+    """Layer FQN -> (its ``nn.Linear``, row blocks ``(start, stop, key)``) of a plan; raises
+    ``ValueError`` for non-Linear units or layers whose rows the plan does not cover."""
+    from torch import nn
+
+    modules = check_plan(model, solution)
+    layers: dict[str, tuple[nn.Linear, list[Block]]] = {}
+    for unit, key in zip(solution.space.units, solution.choice):
+        mod = modules[unit.name]
+        if not isinstance(mod, nn.Linear):
+            raise ValueError(
+                f"the packed backend stores nn.Linear layers only; {unit.fqn!r} is "
+                f"{type(mod).__name__} (exclude it or use the rtn backend)"
+            )
+        start, stop = unit.channels or (0, mod.out_features)
+        layers.setdefault(unit.fqn, (mod, []))[1].append((start, stop, key))
+    for fqn, (mod, blocks) in layers.items():
+        blocks.sort()
+        rows = [0, *[b for _, b, _ in blocks]]
+        if [a for a, _, _ in blocks] != rows[:-1] or rows[-1] != mod.out_features:
+            spans = [f"[{a}:{b}]" for a, b, _ in blocks]
+            raise ValueError(
+                f"the plan's units of {fqn!r} cover rows {' '.join(spans)}, not all "
+                f"{mod.out_features} output rows; the packed backend stores whole layers"
+            )
+    return layers
+
+
+def _sparse(key: str) -> bool:
+    return QuantFormat.parse(key).is_sparse
+
+
+def _swap(model: nn.Module, solution: Solution, built: dict[str, PackedLinear]) -> AppliedPlan:
+    originals: dict[str, nn.Module] = {}
+    try:
+        for fqn, new in built.items():
+            originals[fqn] = model.get_submodule(fqn)
+            _set(model, fqn, new)
+    except BaseException:
+        _restore(model, cast(Any, originals))
+        raise
+    return AppliedPlan(model, solution, cast(Any, originals), _restore)
+
+
+def _set(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _restore(model: nn.Module, originals: dict[str, Any]) -> None:
+    for fqn, mod in originals.items():
+        _set(model, fqn, mod)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_packed(
+    model: nn.Module,
+    solution: Solution,
+    path: str | os.PathLike[str],
+    *,
+    mask_score: str = "magnitude",
+    calib: Any = None,
+) -> Path:
+    """Write the plan's packed unit tensors and the plan JSON to a safetensors file, atomically.
+
+    ``model`` is the float model (packed here, left untouched) or one the packed backend was
+    applied to with this plan (its tensors are written as they are).
+    """
+    from safetensors.torch import save
+
+    from .packed_linear import PackedLinear
+
+    layers = _packed_layers(model, solution)
+    if layers is None:
+        handle = PackedBackend(mask_score=mask_score).apply(model, solution, calib=calib)
+        try:
+            layers = cast(dict[str, PackedLinear], _packed_layers(model, solution))
+        finally:
+            handle.restore()
+    tensors = {
+        f"{fqn}.{n}": t.detach().to("cpu").contiguous()
+        for fqn, layer in layers.items()
+        for n, t in layer.packed_tensors().items()
+    }
+    meta = {"format": FORMAT_TAG, "version": FORMAT_VERSION}
+    meta["bitalloc.plan"] = json.dumps(solution.to_dict())
+    data = save(tensors, metadata=meta)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _packed_layers(model: nn.Module, solution: Solution) -> dict[str, PackedLinear] | None:
+    """The model's PackedLinear layers when they hold exactly this plan, else ``None``."""
+    from .packed_linear import PackedLinear
+
+    want: dict[str, list[tuple[int, int, str]]] = {}
+    for u, key in zip(solution.space.units, solution.choice):
+        start, stop = u.channels or (0, u.shape[0])
+        want.setdefault(u.fqn, []).append((start, stop, QuantFormat.parse(key).key))
+    mods = dict(model.named_modules())
+    found = {f: mods.get(f) for f in want}
+    if all(
+        isinstance(m, PackedLinear) and m.blocks == tuple(sorted(want[f]))
+        for f, m in found.items()
+    ):
+        return cast(dict[str, PackedLinear], found)
+    if any(isinstance(m, PackedLinear) for m in found.values()):
+        raise ValueError("the model holds packed layers of a different plan; restore it first")
+    return None
+
+
+def read_packed(path: str | os.PathLike[str]) -> tuple[Solution, dict[str, torch.Tensor]]:
+    """The plan and tensors of a packed checkpoint (``ValueError`` if it is not one)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as e:  # noqa: BLE001 - OSError, or SafetensorError for a corrupt file
+        raise ValueError(f"cannot read packed checkpoint {os.fspath(path)!r}: {e}") from None
+    if meta.get("format") != FORMAT_TAG or "bitalloc.plan" not in meta:
+        raise ValueError(f"{os.fspath(path)!r} is not a bitalloc packed checkpoint")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ValueError(f"unsupported packed checkpoint version {meta.get('version')!r}")
+    try:
+        plan = Solution.from_dict(json.loads(meta["bitalloc.plan"]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"packed checkpoint {os.fspath(path)!r}: bad plan JSON: {e}") from None
+    return plan, tensors
+
+
+def load_packed(model: nn.Module, path: str | os.PathLike[str]) -> AppliedPlan:
+    """Swap the checkpoint's packed layers into ``model`` (reversible: ``handle.restore()``).
+
+    Raises ``ValueError`` when the checkpoint's plan does not match the model (unit names and
+    weight shapes) or a tensor is missing, unexpected, or of the wrong shape/dtype.
+    """
+    from .packed_linear import PackedLinear
+
+    plan, tensors = read_packed(path)
+    try:
+        layers = plan_layers(model, plan)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} does not match the model: {e}") from None
+    built, used = {}, set()
+    for fqn, (linear, blocks) in layers.items():
+        prefix = fqn + "."
+        mine = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
+        device = linear.weight.device
+        mine = {k: t.to(device) for k, t in mine.items() if "." not in k}
+        used.update(prefix + k for k in mine)
+        try:
+            built[fqn] = PackedLinear(
+                linear.in_features, linear.out_features, blocks, mine, linear.bias
+            )
+        except ValueError as e:
+            raise ValueError(f"checkpoint {os.fspath(path)!r}, layer {fqn!r}: {e}") from None
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} has tensors of no planned unit: {extra[:5]}"
+        )
+    return _swap(model, plan, built)
+
+
+def checkpoint_nbytes(path: str | os.PathLike[str]) -> int:
+    """Measured bytes of a packed checkpoint's weight tensors (sum of tensor ``nbytes``)."""
+    _, tensors = read_packed(path)
+    return sum(t.numel() * t.element_size() for t in tensors.values())
