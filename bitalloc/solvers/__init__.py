@@ -21,6 +21,7 @@ from .lagrangian import LagrangianSolver  # noqa: E402
 from .llamacpp_km import LlamaCppKmSolver  # noqa: E402
 from .mlx_threshold import MlxThresholdSolver  # noqa: E402
 from .nncf_ratio import NncfRatioSolver  # noqa: E402
+from .owl import OwlSolver  # noqa: E402
 from .uniform import UniformSolver  # noqa: E402
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "LlamaCppKmSolver",
     "MlxThresholdSolver",
     "NncfRatioSolver",
+    "OwlSolver",
     "Solver",
     "UniformSolver",
 ]
