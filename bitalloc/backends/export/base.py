@@ -1,0 +1,178 @@
+"""The Exporter protocol: check a plan against a toolkit's runtime rules, fix it, render it.
+
+An exporter turns a :class:`~bitalloc.search.solution.Solution` into the per-layer config of
+another toolkit (compressed-tensors ``quantization_config``, a llama.cpp ``--tensor-type-file``,
+torchao ``FqnToConfig``, GPTQModel ``dynamic``, ModelOpt ``quant_cfg``, HQQ ``dynamic_config``).
+Schemas and runtime rules: ``shared/reference/exports.md``.
+
+- ``check(solution)`` lists every :class:`Violation` of the target's rules (fused q/k/v and
+  gate/up sharing one format, supported bits and group sizes, block-size fallbacks, formats
+  within one layer, sparsity);
+- ``fix(solution)`` raises the offending units to the cheapest supported format that never
+  lowers their bits (see :mod:`bitalloc.backends.export.rules`);
+- ``render(solution)`` returns the target's config (a dict or text); ``serialize`` turns it
+  into the file content written with suffix ``suffix``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from ...search.formats import QuantFormat
+from ...search.solution import Solution
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken runtime rule.
+
+    Args:
+        unit: the unit, layer or fused group concerned.
+        rule: ``"fused"``, ``"channels"``, ``"tag"``, ``"bits"``, ``"group_size"``,
+            ``"symmetric"``, ``"block_size"``, ``"sparsity"`` or ``"name"``.
+        message: what is wrong and what the target accepts.
+        fixable: whether :meth:`Exporter.fix` can repair it by raising formats.
+    """
+
+    unit: str
+    rule: str
+    message: str
+    fixable: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.unit}: [{self.rule}] {self.message}"
+
+
+class ExportViolations(ValueError):
+    """The plan breaks the target's runtime rules; ``violations`` lists every one."""
+
+    def __init__(self, target: str, violations: Sequence[Violation]) -> None:
+        self.target = target
+        self.violations = list(violations)
+        head = f"the plan breaks {len(self.violations)} rule(s) of {target}"
+        body = "; ".join(str(v) for v in self.violations[:8])
+        more = f" (+{len(self.violations) - 8} more)" if len(self.violations) > 8 else ""
+        super().__init__(f"{head}: {body}{more}; pass fix=True (--fix) to raise those units")
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """Writes a plan as another toolkit's per-layer quantization config."""
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+
+    def check(self, solution: Solution) -> list[Violation]:
+        """Every violation of the target's runtime rules (empty = exportable)."""
+        ...
+
+    def fix(self, solution: Solution) -> Solution:
+        """A plan that passes :meth:`check`, raising offending units, never lowering bits."""
+        ...
+
+    def render(self, solution: Solution) -> str | dict[str, Any]:
+        """The target's config for a plan that passes :meth:`check`."""
+        ...
+
+    def serialize(self, rendered: str | dict[str, Any]) -> str:
+        """File content of ``rendered``."""
+        ...
+
+
+def require_plan(solution: Solution) -> None:
+    """Raise unless ``solution`` is a Solution with an assignment."""
+    if not isinstance(solution, Solution):
+        raise TypeError(f"`solution` must be a Solution, got {type(solution).__name__}")
+    if not solution.success:
+        raise ValueError(
+            f"cannot export a plan with status {solution.status.value}: {solution.message}"
+        )
+
+
+def to_json(rendered: str | dict[str, Any]) -> str:
+    """JSON text (indent 1, trailing newline) of a dict; text unchanged."""
+    if isinstance(rendered, str):
+        return rendered
+    return json.dumps(rendered, indent=1) + "\n"
+
+
+def raised_units(before: Solution, after: Solution) -> list[tuple[str, str, str]]:
+    """``(unit, old key, new key)`` for every unit whose format ``after`` changed."""
+    old = dict(zip(before.space.names, before.choice))
+    return [(n, old[n], k) for n, k in zip(after.space.names, after.choice) if old.get(n) != k]
+
+
+# ---------------------------------------------------------------------- names
+_FUSED = (
+    (re.compile(r"^(?P<p>(?:.*\.)?(?:self_attn|attention|attn)\.)(?:q|k|v)_proj$"), "qkv_proj"),
+    (re.compile(r"^(?P<p>(?:.*\.)?(?:mlp|feed_forward)\.)(?:gate|up)_proj$"), "gate_up_proj"),
+)
+_INDEXED = re.compile(r"^(?P<pre>.*?\.)(?P<idx>\d+)\.(?P<post>.+)$")
+
+
+def fused_name(fqn: str) -> str | None:
+    """Name of the fused module a runtime builds from ``fqn`` (vLLM/TensorRT-LLM), or None.
+
+    ``model.layers.3.self_attn.k_proj`` -> ``model.layers.3.self_attn.qkv_proj``;
+    ``model.layers.3.mlp.up_proj`` -> ``model.layers.3.mlp.gate_up_proj`` (HF Llama naming).
+    """
+    for pattern, fused in _FUSED:
+        m = pattern.match(fqn)
+        if m:
+            return m["p"] + fused
+    return None
+
+
+def is_sparse(fmt: QuantFormat) -> bool:
+    """Whether ``fmt`` prunes weights (``sparsity``/``n_m`` fields, when the format has them)."""
+    sparsity = getattr(fmt, "sparsity", None)
+    if sparsity not in (None, 0, 0.0, "", "none", "dense"):
+        return True
+    return getattr(fmt, "n_m", None) not in (None, (), "")
+
+
+def _alt(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+
+def name_patterns(names: Iterable[str], *, start: str = "", end: str = "$") -> list[str]:
+    """Compact regexes matching exactly ``names`` (and nothing else of the same shape).
+
+    Names that differ only in their first ``.N.`` index and end share one pattern:
+    ``model.layers.0.mlp.down_proj`` + ``model.layers.7.mlp.down_proj`` ->
+    ``model\\.layers\\.(?:0|7)\\.mlp\\.down_proj$``; ends of the same index set merge into an
+    alternation. ``start``/``end`` anchor the patterns.
+    """
+    templates: dict[tuple[str, str], set[int]] = {}
+    literal: list[str] = []
+    for name in dict.fromkeys(names):
+        m = _INDEXED.match(name)
+        if m is None:
+            literal.append(name)
+        else:
+            templates.setdefault((m["pre"], m["post"]), set()).add(int(m["idx"]))
+    merged: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+    for (pre, post), idx in templates.items():
+        merged.setdefault((pre, tuple(sorted(idx))), []).append(post)
+    out = [start + re.escape(n) + end for n in literal]
+    for (pre, idx), posts in merged.items():
+        common = _common_head(posts)
+        body = re.escape(pre) + _alt([str(i) for i in idx]) + r"\." + re.escape(common)
+        body += _alt([re.escape(p[len(common) :]) for p in sorted(posts)])
+        out.append(start + body + end)
+    return out
+
+
+def _common_head(names: list[str]) -> str:
+    """Longest shared prefix of ``names`` that ends at a dot (``""`` for one name)."""
+    if len(names) < 2:
+        return ""
+    head = names[0]
+    for n in names[1:]:
+        while not n.startswith(head):
+            head = head[:-1]
+    return head[: head.rfind(".") + 1]

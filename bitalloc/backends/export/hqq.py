@@ -1,0 +1,76 @@
+"""HQQ through transformers' ``HqqConfig(dynamic_config=...)``: one format per linear tag.
+
+The quantizer looks each module up by its tag, the last two name components
+(``self_attn.q_proj``, ``mlp.down_proj``), so a format cannot change across blocks: every unit
+with the same tag must share one format (huggingface/transformers ``HqqConfig``,
+quantizer_hqq.py; exports.md section 4). Float units' tags are left out (unquantized). HQQ
+always stores a zero point, so symmetric plan formats are kept with more precision.
+
+Runtime rules: ``runtime="transformers"``: nbits 2/3/4/8 (HQQ's 1-bit has no bitalloc format),
+group dividing the row; ``runtime="vllm"``: 4-bit group 64 only (vllm-project/vllm#9766).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ...search.formats import QuantFormat
+from ...search.solution import Solution
+from ...search.space import Unit
+from . import EXPORTERS
+from .base import ExportViolations
+from .rules import RuleExporter, Rules
+
+HQQ_RUNTIMES = ("transformers", "vllm")
+
+
+def linear_tag(fqn: str) -> str:
+    """HQQ's tag of a module: its last two name components."""
+    return ".".join(fqn.split(".")[-2:])
+
+
+@EXPORTERS.register("hqq")
+@dataclass(frozen=True, slots=True)
+class HqqExporter(RuleExporter):
+    """Writes ``HqqConfig`` keyword arguments (``HqqConfig(**json.load(f))``).
+
+    Args:
+        runtime: ``"transformers"`` (2/3/4/8-bit) or ``"vllm"`` (4-bit g64 only).
+    """
+
+    runtime: str = "transformers"
+    name: ClassVar[str]
+    suffix: ClassVar[str] = ".json"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in HQQ_RUNTIMES:
+            raise ValueError(f"`runtime` must be one of {HQQ_RUNTIMES}, got {self.runtime!r}")
+
+    def rules(self) -> Rules:
+        if self.runtime == "vllm":
+            return Rules("HQQ on vLLM", bits=(4,), groups=(64,))
+        return Rules("HQQ", bits=(2, 3, 4, 8))
+
+    def group_key(self, unit: Unit) -> str | None:
+        return linear_tag(unit.fqn)
+
+    def render(self, solution: Solution) -> dict[str, Any]:
+        bad = self.check(solution)
+        if bad:
+            raise ExportViolations(type(self).name, bad)
+        dynamic: dict[str, dict[str, Any]] = {}
+        for u, key in zip(solution.space.units, solution.choice):
+            fmt = QuantFormat.parse(key)
+            if not fmt.is_float:
+                dynamic[linear_tag(u.fqn)] = {"nbits": fmt.bits, "group_size": fmt.group_size}
+        first = next(iter(dynamic.values()), {"nbits": 4, "group_size": 64})
+        return {
+            "quant_method": "hqq",
+            "nbits": first["nbits"],
+            "group_size": first["group_size"],
+            "axis": 1,
+            "view_as_float": False,
+            "dynamic_config": dynamic,
+            "skip_modules": ["lm_head"],
+        }
