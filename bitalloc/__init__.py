@@ -25,10 +25,12 @@ _LAZY = {
     "Unit": "bitalloc.search.space",
     "SensitivityTable": "bitalloc.search.table",
     "Solution": "bitalloc.search.solution",
+    "Frontier": "bitalloc.search.frontier",
     "Status": "bitalloc.search.solution",
     "available": "bitalloc.search.api",
     "estimate": "bitalloc.search.api",
     "solve": "bitalloc.search.api",
+    "frontier": "bitalloc.search.api",
     "apply": "bitalloc.search.api",
 }
 _SUBMODULES = ("models", "data", "sensitivity", "solvers", "backends", "kernels", "search")

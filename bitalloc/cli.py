@@ -238,6 +238,135 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_budgets(text: str) -> list[float]:
+    """``start:stop:step`` (stop included) and comma lists of numbers or ranges, in avg bits."""
+    out: list[float] = []
+    for part in text.split(","):
+        try:
+            nums = [float(x) for x in part.split(":")]
+        except ValueError:
+            nums = []
+        if len(nums) == 3 and nums[2] > 0 and nums[0] <= nums[1]:
+            n = int(math.floor((nums[1] - nums[0]) / nums[2] + 1e-9))
+            if n > 1000:
+                raise CliError(f"--budgets range {part!r} has more than 1000 points")
+            out += [round(nums[0] + i * nums[2], 9) for i in range(n + 1)]
+        elif len(nums) == 1:
+            out += nums
+        else:
+            raise CliError(
+                f"--budgets: cannot parse {part!r}; use numbers and start:stop:step ranges "
+                "(step > 0, start <= stop), comma-separated, e.g. 2.5:4.5:0.25 or 3,3.5,4"
+            )
+    if not all(math.isfinite(b) and b > 0 for b in out):
+        raise CliError(f"--budgets must be positive average bits, got {text!r}")
+    return sorted(set(out))
+
+
+def _option_pairs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` solver options; values parsed as JSON when possible (3, 0.5, null)."""
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--option must be KEY=VALUE, got {pair!r}")
+        try:
+            opts[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key.replace("-", "_")] = value
+    return opts
+
+
+def _heldout_scores(model: Any, tok: Any, front: Any, args: argparse.Namespace) -> Any:
+    """KL to the reference and perplexity of every distinct feasible plan (RTN, held-out
+    Wikipedia or ``--text`` windows), measured four plans per reference pass."""
+    import copy
+
+    from .data import evaluate_lm, windows
+    from .search.api import apply
+
+    source = "wikipedia-heldout"
+    if args.text:
+        try:
+            source = Path(args.text).read_text(encoding="utf-8")
+        except OSError as e:
+            raise CliError(f"cannot read --text {args.text!r}: {e.strerror}") from None
+    win = windows(tok, source, args.eval_seq_len, args.windows)
+    plans = list({p.choice: p for p in front.points if p.success}.values())
+    scores: dict[tuple[str, ...], dict[str, float]] = {}
+    bar = _progress("evaluate", args.quiet)
+    for first in range(0, len(plans), 4):
+        chunk = {str(i): plans[first + i] for i in range(min(4, len(plans) - first))}
+        copies = {k: copy.deepcopy(model) for k in chunk}
+        for k, plan in chunk.items():
+            apply(copies[k], plan, "rtn")  # the copy is discarded: no restore needed
+        res = evaluate_lm(model, copies, win)
+        del copies
+        for k, plan in chunk.items():
+            scores[plan.choice] = {"kl": res[k].kl, "ppl": res[k].ppl}
+        if bar is not None:
+            bar(len(scores), len(plans), "evaluate")
+    return front.evaluate(lambda p: scores[p.choice])
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .data import calibration
+    from .models import cache_dir
+    from .search._io import atomic_write_text
+    from .search.api import available, estimate, frontier
+    from .search.budget import Budget
+    from .search.formats import parse_formats
+    from .search.space import SearchSpace
+    from .solvers import SOLVERS
+
+    budgets = _parse_budgets(args.budgets)
+    formats = parse_formats(args.formats)
+    if args.estimator not in (*available("estimator"), "auto"):
+        raise CliError(
+            f"unknown estimator {args.estimator!r}; available: {', '.join(available('estimator'))}"
+        )
+    if args.solver not in available("solver"):
+        raise CliError(
+            f"unknown solver {args.solver!r}; available: {', '.join(available('solver'))}"
+        )
+    opts = _option_pairs(args.option or ())
+    if "seed" in {f.name for f in dataclasses.fields(SOLVERS.cls(args.solver))}:
+        opts.setdefault("seed", args.seed)
+    impl = SOLVERS.get(args.solver, **opts)
+    model, tok = _load_model(args.model)
+    calib = calibration(tok, args.n_samples, args.seq_len, seed=args.seed)
+    space = SearchSpace.from_model(model, formats, tie="auto", example_input=calib.batches[0])
+    table = estimate(
+        model,
+        space,
+        calib,
+        args.estimator,
+        cache_dir=None if args.no_cache else cache_dir(),
+        callback=_progress(args.estimator, args.quiet),
+    )
+    started = time.perf_counter()
+    if hasattr(impl, "frontier"):  # a Pareto search: one run capped at the largest budget
+        front = impl.frontier(table, Budget.avg_bits(max(budgets)))
+    else:
+        front = frontier(table, budgets, impl)
+    solve_s = time.perf_counter() - started
+    if args.evaluate:
+        front = _heldout_scores(model, tok, front, args)
+    frame = front.to_frame()
+    out = Path(args.out)
+    front.save(out / "frontier.json")
+    atomic_write_text(out / "frontier.csv", frame.to_csv(index=False))
+    by = "kl" if args.evaluate else "predicted"
+    title = f"{args.model}: {table.estimator}, {args.solver}"
+    front.plot(out / "frontier.png", by=by, title=title)
+    cols = ["budget", "avg_bits", "predicted_loss", *front.metrics(), "status"]
+    print(frame.to_string(index=False, columns=cols, float_format=lambda x: f"{x:.5g}"))
+    print(f"{len(front)} points solved in {solve_s:.1f} s; written to {out}/frontier.*")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from .search.solution import Solution
 
@@ -333,6 +462,35 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.add_argument("-q", "--quiet", action="store_true")
     v.set_defaults(func=cmd_validate)
+
+    fr = sub.add_parser("frontier", help="plans over a range of budgets: JSON, CSV and Pareto PNG")
+    fr.add_argument("--model", required=True, help="built-in name or local model folder")
+    fr.add_argument(
+        "--budgets", required=True, help="avg bits: start:stop:step (inclusive) and/or a,b,c"
+    )
+    fr.add_argument("--solver", default="ilp", help="nsga2: one Pareto run up to the largest")
+    fr.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="solver option, e.g. n_gen=100 (repeatable)",
+    )
+    fr.add_argument("--estimator", default=DEFAULT_ESTIMATOR, help=ESTIMATOR_HELP)
+    fr.add_argument("--formats", default=DEFAULT_FORMATS)
+    fr.add_argument("--n-samples", type=int, default=32, help="calibration windows")
+    fr.add_argument("--seq-len", type=int, default=512, help="calibration window length")
+    fr.add_argument("--seed", type=int, default=0)
+    fr.add_argument("--no-cache", action="store_true", help="recompute the sensitivity table")
+    fr.add_argument(
+        "--evaluate", action="store_true", help="measure KL and perplexity of every point (RTN)"
+    )
+    fr.add_argument("--windows", type=int, default=8, help="held-out windows for --evaluate")
+    fr.add_argument("--eval-seq-len", type=int, default=256, help="held-out window length")
+    fr.add_argument("--text", help="--evaluate on this text file instead of held-out Wikipedia")
+    fr.add_argument("--out", required=True, help="folder for frontier.json/.csv/.png")
+    fr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    fr.set_defaults(func=cmd_frontier)
 
     ls = sub.add_parser("list", help="registered estimators, solvers, backends and models")
     ls.set_defaults(func=cmd_list)

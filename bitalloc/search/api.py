@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..backends.base import AppliedPlan
+    from .frontier import Frontier
 
 log = logging.getLogger(__name__)
 DEFAULT_FORMATS = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
@@ -186,6 +187,44 @@ def solve(
             "black-box solvers: evopress, optuna, nsga2"
         )
     return impl.solve(table, as_budget(budget), evaluate=evaluate)
+
+
+def frontier(
+    table: SensitivityTable,
+    budgets: Sequence[Budget | float] | None = None,
+    solver: Any = "ilp",
+    *,
+    evaluate: Any = None,
+    **options: Any,
+) -> Frontier:
+    """Solve ``table`` at every budget (a float = average bits): one plan per budget.
+
+    Infeasible budgets stay in the result as INFEASIBLE points with their message.
+    ``budgets=None`` asks a solver with its own Pareto search (``nsga2``) for its front.
+    Measure the points afterwards with :meth:`Frontier.evaluate`.
+
+    Example:
+        >>> front = bitalloc.frontier(table, [2.5, 3.0, 3.5, 4.0], solver="ilp")
+        >>> front.pareto().plot("pareto.png")
+    """
+    from .frontier import Frontier
+
+    if not isinstance(table, SensitivityTable):
+        raise TypeError(f"`table` must be a SensitivityTable, got {type(table).__name__}")
+    impl = _registry("solver").resolve(solver, **options)
+    name = type(impl).name
+    if budgets is None:
+        if not hasattr(impl, "frontier"):
+            raise ValueError(
+                f"`budgets` is required for solver {name!r} (only solvers with a Pareto "
+                "search, e.g. 'nsga2', make a frontier without budgets)"
+            )
+        return impl.frontier(table, evaluate=evaluate) if evaluate else impl.frontier(table)
+    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence) or not budgets:
+        raise ValueError(f"`budgets` must be a non-empty sequence of budgets, got {budgets!r}")
+    checked = [as_budget(b) for b in budgets]
+    points = tuple(solve(table, b, impl, evaluate=evaluate) for b in checked)
+    return Frontier(points, meta={"solver": name, "budgets": [b.to_dict() for b in checked]})
 
 
 def as_budget(budget: Budget | float) -> Budget:

@@ -21,6 +21,8 @@ from .lagrangian import LagrangianSolver  # noqa: E402
 from .llamacpp_km import LlamaCppKmSolver  # noqa: E402
 from .mlx_threshold import MlxThresholdSolver  # noqa: E402
 from .nncf_ratio import NncfRatioSolver  # noqa: E402
+from .nsga2 import Nsga2Solver  # noqa: E402
+from .optuna_search import OptunaSolver  # noqa: E402
 from .owl import OwlSolver  # noqa: E402
 from .uniform import UniformSolver  # noqa: E402
 
@@ -33,6 +35,8 @@ __all__ = [
     "LlamaCppKmSolver",
     "MlxThresholdSolver",
     "NncfRatioSolver",
+    "Nsga2Solver",
+    "OptunaSolver",
     "OwlSolver",
     "Solver",
     "UniformSolver",
