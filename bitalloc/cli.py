@@ -73,7 +73,7 @@ def _budget(args: argparse.Namespace) -> Any:
 def cmd_search(args: argparse.Namespace) -> int:
     from .data import calibration
     from .models import cache_dir
-    from .search.api import available, estimate, solve
+    from .search.api import available, estimate
     from .search.formats import parse_formats
     from .search.problem import Problem
     from .search.solution import Status
@@ -84,6 +84,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for kind, name in (("estimator", args.estimator), ("solver", args.solver)):
         if name not in available(kind) and not (kind == "estimator" and name == "auto"):
             raise CliError(f"unknown {kind} {name!r}; available: {', '.join(available(kind))}")
+    opts = _solver_options(args)
     model, tok = _load_model(args.model)
     calib = (
         calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
@@ -115,7 +116,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"budget {budget.describe()} is above the maximum {top:.6g} of this "
             "search space (every unit at its largest format); lower it or add formats"
         )
-    sol = solve(table, budget, args.solver)
+    sol = _solve_search(model, calib, space, table, budget, args.solver, opts)
     if sol.status is Status.INFEASIBLE:
         raise CliError(sol.message)
     if args.table:
@@ -124,6 +125,43 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(sol.summary())
     print(f"plan written to {args.out}")
     return 0
+
+
+def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Solver options from the search flags (``--generations`` etc. only where valid)."""
+    import dataclasses
+
+    from .solvers import SOLVERS
+
+    cls = SOLVERS.cls(args.solver)
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    flags = {"generations": args.generations, "offspring": args.offspring}
+    flags["checkpoint"] = args.checkpoint
+    opts = {k: v for k, v in flags.items() if v is not None}
+    if set(opts) - fields:
+        bad = ", ".join(f"--{k}" for k in sorted(set(opts) - fields))
+        raise CliError(f"{bad} not valid for solver {args.solver!r}")
+    if "seed" in fields:
+        opts["seed"] = args.seed
+    if "callback" in fields:
+        opts["callback"] = _progress(args.solver, args.quiet)
+    return opts
+
+
+def _solve_search(
+    model: Any, calib: Any, space: Any, table: Any, budget: Any, name: str, opts: dict[str, Any]
+) -> Any:
+    """A black-box solver (evopress) with calibration data optimises the measured KL
+    (KLEvaluator on RTN variants); other solvers optimise the table."""
+    from .search.api import solve
+    from .solvers import SOLVERS
+
+    if calib is None or not getattr(SOLVERS.cls(name), "black_box", False):
+        return solve(table, budget, name, **opts)
+    from .backends.kl_evaluator import KLEvaluator
+
+    with KLEvaluator(model, calib, space) as kl:
+        return solve(table, budget, name, evaluate=kl, **opts)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -424,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-len", type=int, default=512)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the sensitivity table")
+    s.add_argument("--generations", type=int, help="evopress: generations")
+    s.add_argument("--offspring", type=int, help="evopress: offspring per generation")
+    s.add_argument("--checkpoint", help="evopress: resumable state file (JSON)")
     s.add_argument("--table", help="also write the sensitivity table (.npz)")
     s.add_argument("--out", default="plan.json", help="plan file to write (default: %(default)s)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

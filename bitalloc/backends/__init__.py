@@ -7,8 +7,19 @@ from .base import AppliedPlan, Backend, check_plan
 BACKENDS: Registry[Backend] = Registry("backend")
 
 from .gptq import GptqBackend  # noqa: E402  (registers itself)
+from .kl_evaluator import KLEvaluator  # noqa: E402
 from .rtn import RtnBackend  # noqa: E402  (registers itself)
+from .variants import VariantCache  # noqa: E402
 
 BACKENDS.register_lazy("packed", "bitalloc.backends.packed:PackedBackend")
 
-__all__ = ["BACKENDS", "AppliedPlan", "Backend", "GptqBackend", "RtnBackend", "check_plan"]
+__all__ = [
+    "BACKENDS",
+    "AppliedPlan",
+    "Backend",
+    "GptqBackend",
+    "KLEvaluator",
+    "RtnBackend",
+    "VariantCache",
+    "check_plan",
+]

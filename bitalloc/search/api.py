@@ -264,6 +264,10 @@ def search(
 ) -> Solution:
     """One shot: discover the space, estimate sensitivities, solve under ``budget``.
 
+    A black-box ``solver`` (``evopress``, ...) given with ``calib`` optimises the measured
+    KL to the reference on the calibration tokens
+    (:class:`~bitalloc.backends.kl_evaluator.KLEvaluator`, RTN variants) instead of the table.
+
     Example:
         >>> sol = bitalloc.search(model, calib, 3.0, estimator="layer_error", solver="ilp")
     """
@@ -273,4 +277,11 @@ def search(
         model, formats, include=include, exclude=exclude, tie=tie, example_input=example
     )
     table = estimate(model, space, cal, estimator, cache_dir=cache_dir, callback=callback)
-    return solve(table, budget, solver)
+    impl = _registry("solver").resolve(solver)
+    if cal is None or not getattr(type(impl), "black_box", False):
+        return solve(table, budget, impl)
+    from ..backends.kl_evaluator import KLEvaluator
+
+    # black-box solvers (evopress, ...) optimise the measured KL on the calibration tokens
+    with KLEvaluator(model, cal, space) as kl:
+        return solve(table, budget, impl, evaluate=kl)

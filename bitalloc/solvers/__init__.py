@@ -15,6 +15,7 @@ SOLVERS = Registry[Solver]("solver")
 
 # Importing the built-ins registers them (each module decorates its class with SOLVERS).
 from .brute_force import BruteForceSolver  # noqa: E402
+from .evopress import EvoPressSolver  # noqa: E402
 from .greedy import GreedySolver  # noqa: E402
 from .ilp import IlpSolver  # noqa: E402
 from .lagrangian import LagrangianSolver  # noqa: E402
@@ -29,6 +30,7 @@ from .uniform import UniformSolver  # noqa: E402
 __all__ = [
     "SOLVERS",
     "BruteForceSolver",
+    "EvoPressSolver",
     "GreedySolver",
     "IlpSolver",
     "LagrangianSolver",

@@ -1,0 +1,150 @@
+"""Precomputed quantized weights per (unit, format): EvoPress's compressed-layer database.
+
+EvoPress (Sieberling et al., ICML 2025, arXiv 2410.14649; algorithms.md section 1.1)
+compresses every unit at every level once and then scores configurations by swapping those
+tensors into the model. :class:`VariantCache` is that database: each variant is produced by the
+backend's own ``apply`` on a one-unit plan and read back, so a plan assembled from variants
+computes exactly what ``bitalloc.apply(model, plan, backend)`` does (same per-slice quantizer,
+sparsity masks included). It is never re-quantized afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..search.space import SearchSpace
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class VariantCache:
+    """Quantized copies of every unit's weight, one per (unit, format), built on first use.
+
+    In memory (default) variants live next to the weights (same device and dtype). With
+    ``cache_dir`` every variant is a safetensors file
+    ``cache_dir/<model fingerprint>-<backend>-<options hash>/<unit>/<format>.safetensors``
+    (written atomically, read with ``safetensors.torch.load_file``; never pickle), read from
+    disk whenever it is needed instead of being kept in memory, and reused by later runs.
+
+    A variant must be built while the model holds its original weights (``get`` builds when
+    missing; :class:`~bitalloc.backends.kl_evaluator.KLEvaluator` puts the originals back
+    first); backends that read activations (Wanda masks, GPTQ) see the unmodified model, as in
+    ``apply``.
+
+    Args:
+        model: the model whose weights ``space`` names; its current weights are the originals.
+        space: the search space.
+        backend: a registered backend name or instance (default ``"rtn"``).
+        calib: calibration data passed to the backend's ``apply`` (data-aware backends).
+        cache_dir: folder for the on-disk variants, or ``None`` for memory.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        *,
+        backend: Any = "rtn",
+        calib: Any = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        from ..sensitivity.base import unit_modules, unit_weight
+        from . import BACKENDS
+
+        if not isinstance(space, SearchSpace):
+            raise TypeError(f"`space` must be a SearchSpace, got {type(space).__name__}")
+        self.backend = BACKENDS.resolve(backend)
+        modules = unit_modules(model, space)  # ValueError when the model lacks a unit
+        self.model, self.space, self.calib = model, space, calib
+        self._views = [unit_weight(modules[u.name], u) for u in space.units]
+        self.originals = [v.detach().clone() for v in self._views]
+        self._memory: dict[tuple[int, str], torch.Tensor] = {}
+        self.root: Path | None = None
+        if cache_dir is not None:
+            from ..models import fingerprint
+
+            be = self.backend
+            opts = dataclasses.asdict(be) if dataclasses.is_dataclass(be) else {}
+            tag = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode())
+            name = f"{fingerprint(model)}-{type(self.backend).name}-{tag.hexdigest()[:8]}"
+            self.root = Path(cache_dir) / name
+        self.built = 0
+
+    def view(self, index: int) -> torch.Tensor:
+        """The live weight (a view into the model) of unit ``index``."""
+        return self._views[index]
+
+    def has(self, index: int, key: str) -> bool:
+        """Whether the variant exists already (in memory or on disk)."""
+        if self.root is None:
+            return (index, key) in self._memory
+        return self._path(index, key).exists()
+
+    def get(self, index: int, key: str) -> torch.Tensor:
+        """Variant of unit ``index`` in format ``key`` (built on first use)."""
+        unit = self.space.units[index]
+        if key not in unit.allowed:
+            raise ValueError(f"unit {unit.name!r} cannot take format {key!r}; {unit.allowed}")
+        if self.root is None:
+            t = self._memory.get((index, key))
+            if t is None:
+                t = self._memory[(index, key)] = self._build(index, key)
+            return t
+        path = self._path(index, key)
+        if not path.exists():
+            self._save(path, self._build(index, key))
+        return self._load(path, index)
+
+    def _build(self, index: int, key: str) -> torch.Tensor:
+        """Apply the backend to a plan holding only this unit, read the weight, restore."""
+        from ..search.solution import Solution, Status
+
+        unit = dataclasses.replace(self.space.units[index], tie=None, allowed=(key,))
+        fmt = self.space.formats[self.space.keys.index(key)]
+        plan = Solution(
+            space=SearchSpace(units=(unit,), formats=(fmt,)),
+            choice=(key,),
+            status=Status.FEASIBLE,
+        )
+        with self.backend.apply(self.model, plan, calib=self.calib):
+            variant = self._views[index].detach().clone()
+        self.built += 1
+        return variant
+
+    def _path(self, index: int, key: str) -> Path:
+        assert self.root is not None
+        return self.root / _safe(self.space.units[index].name) / f"{_safe(key)}.safetensors"
+
+    @staticmethod
+    def _save(path: Path, tensor: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        from ..search._io import atomic_write
+
+        cpu = tensor.detach().to("cpu").contiguous()
+        atomic_write(path, lambda p: save_file({"weight": cpu}, str(p)))
+
+    def _load(self, path: Path, index: int) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        ref = self.originals[index]
+        t = load_file(str(path))["weight"]
+        if tuple(t.shape) != tuple(ref.shape) or t.dtype != ref.dtype:
+            raise ValueError(f"variant file {str(path)!r} does not match the unit; delete it")
+        return t.to(ref.device)
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of ``name`` (kept unique: a short hash is added when changed)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if clean == name:
+        return name
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
