@@ -32,6 +32,7 @@ _LAZY = {
     "solve": "bitalloc.search.api",
     "frontier": "bitalloc.search.api",
     "apply": "bitalloc.search.api",
+    "export": "bitalloc.search.api",
 }
 _SUBMODULES = ("models", "data", "sensitivity", "solvers", "backends", "kernels", "search")
 

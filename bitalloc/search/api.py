@@ -33,11 +33,11 @@ DEFAULT_FORMATS = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
 # "auto": fisher for causal LMs with a calibration loss (its plans measured best per second of
 # estimation on SmolLM2, benchmarks/RESULTS.md), weight_error otherwise (data-free).
 DEFAULT_ESTIMATOR = "auto"
-KINDS = ("estimator", "solver", "backend")
+KINDS = ("estimator", "solver", "backend", "exporter")
 
 
 def available(kind: str) -> tuple[str, ...]:
-    """Registered names for ``kind`` in ``("estimator", "solver", "backend")``."""
+    """Registered names for ``kind``, one of :data:`KINDS`."""
     return _registry(kind).names()
 
 
@@ -54,6 +54,10 @@ def _registry(kind: str) -> Any:
         from ..backends import BACKENDS
 
         return BACKENDS
+    if kind == "exporter":
+        from ..backends.export import EXPORTERS
+
+        return EXPORTERS
     raise ValueError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
 
@@ -246,6 +250,41 @@ def apply(
     """Quantize ``model`` in place per ``solution``; the handle's ``restore()`` undoes it."""
     be = _registry("backend").resolve(backend, **options)
     return be.apply(model, solution, calib=as_calibration(calib) if calib is not None else None)
+
+
+def export(
+    solution: Solution,
+    target: Any,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    fix: bool = False,
+    **options: Any,
+) -> str | dict[str, Any]:
+    """Render ``solution`` as ``target``'s per-layer config and optionally write it to ``path``.
+
+    ``target`` is a registered exporter (``bitalloc.available("exporter")``) or an instance;
+    ``options`` are its fields (e.g. ``runtime="transformers"``). The plan is checked against
+    the target's runtime rules first: violations raise
+    :class:`~bitalloc.backends.export.ExportViolations` (a ValueError listing each) unless
+    ``fix=True`` raises the offending units to the cheapest supported format that never lowers
+    their bits. The file is written atomically.
+
+    Example:
+        >>> bitalloc.export(sol, "compressed-tensors", "quant_config.json", fix=True)
+    """
+    from ..backends.export import ExportViolations
+    from ._io import atomic_write_text
+
+    exp = _registry("exporter").resolve(target, **options)
+    if fix:
+        solution = exp.fix(solution)
+    bad = exp.check(solution)
+    if bad:
+        raise ExportViolations(type(exp).name, bad)
+    rendered = exp.render(solution)
+    if path is not None:
+        atomic_write_text(path, exp.serialize(rendered))
+    return rendered
 
 
 def search(
