@@ -30,6 +30,11 @@ PACK_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
+def _word_dtype(bits: int) -> torch.dtype:
+    """Integer type holding 8 codes of ``bits`` bits (int32 for 3-bit, int64 above)."""
+    return torch.int32 if 8 * bits < 32 else torch.int64
+
+
 def _check_bits(bits: int, valid: tuple[int, ...] = PACK_BITS) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in valid:
         raise ValueError(f"`bits` must be one of {valid}, got {bits!r}")
@@ -43,9 +48,10 @@ def packed_nbytes(numel: int, bits: int) -> int:
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned integer codes into a flat LSB-first bitstream.
 
-    Eight codes of ``b`` bits fill exactly ``b`` bytes, so the codes are padded to a multiple of
-    8, each block of 8 is combined into one int64 word ``sum_j code_j << (j*b)`` and the word's
-    low ``b`` bytes are emitted little-endian; the padding bytes past ``ceil(numel*b/8)`` are cut.
+    Widths dividing 8 put ``8/b`` whole codes in a byte: ``byte = sum_j code_j << (j*b)``.
+    Otherwise eight codes of ``b`` bits fill exactly ``b`` bytes: each block of 8 is combined
+    into one integer word ``sum_j code_j << (j*b)`` whose low ``b`` bytes are emitted
+    little-endian; the padding bytes past ``ceil(numel*b/8)`` are cut.
 
     Args:
         codes: integer tensor of any shape (read in row-major order), values in ``[0, 2^b-1]``.
@@ -62,11 +68,20 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     n = flat.numel()
     if n and (int(flat.min()) < 0 or int(flat.max()) > 2**bits - 1):
         raise ValueError(f"`codes` must lie in [0, {2**bits - 1}] for bits={bits}")
+    if 8 % bits == 0:  # whole codes per byte: one shift-sum over 8/bits slots
+        per = 8 // bits
+        padded = torch.zeros(math.ceil(n / per) * per, dtype=torch.uint8, device=flat.device)
+        padded[:n] = flat
+        slots = padded.view(-1, per)
+        packed = slots[:, 0].clone()
+        for j in range(1, per):
+            packed |= slots[:, j] << (j * bits)
+        return packed
     blocks = math.ceil(n / 8)
-    padded = torch.zeros(blocks * 8, dtype=torch.int64, device=flat.device)
+    padded = torch.zeros(blocks * 8, dtype=_word_dtype(bits), device=flat.device)
     padded[:n] = flat
     padded = padded.view(blocks, 8)
-    word = torch.zeros(blocks, dtype=torch.int64, device=flat.device)
+    word = torch.zeros(blocks, dtype=_word_dtype(bits), device=flat.device)
     for j in range(8):  # 8 code slots per word (vectorised over all blocks)
         word |= padded[:, j] << (j * bits)
     out = torch.empty(blocks, bits, dtype=torch.uint8, device=flat.device)
@@ -87,15 +102,20 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         raise ValueError(
             f"`packed` has {packed.numel()} bytes; {numel} codes of {bits} bits need {want}"
         )
+    mask = 2**bits - 1
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
+        codes = (packed.to(torch.int32).unsqueeze(1) >> shifts) & mask
+        return codes.to(torch.uint8).reshape(-1)[:numel].clone()
     blocks = math.ceil(numel / 8)
-    buf = torch.zeros(blocks * bits, dtype=torch.int64, device=packed.device)
+    buf = torch.zeros(blocks * bits, dtype=_word_dtype(bits), device=packed.device)
     buf[:want] = packed
     buf = buf.view(blocks, bits)
-    word = torch.zeros(blocks, dtype=torch.int64, device=packed.device)
+    word = torch.zeros(blocks, dtype=_word_dtype(bits), device=packed.device)
     for i in range(bits):
         word |= buf[:, i] << (8 * i)
     out = torch.empty(blocks, 8, dtype=torch.uint8, device=packed.device)
-    mask = 2**bits - 1
     for j in range(8):
         out[:, j] = (word >> (j * bits)) & mask
     return out.reshape(-1)[:numel].clone()
