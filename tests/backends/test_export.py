@@ -338,6 +338,8 @@ def test_gptqmodel_rules() -> None:
     fixed = assert_fixed(marlin, plan(space, "int3-g64", mlp_up_proj="int2-g64"))
     assert set(fixed.choice) == {"int4-g64-sym"}
     assert_fixed(gptq, plan(space, "int5-g64", self_attn_v_proj="int2-g64"))
+    tied = assert_fixed(gptq, plan(space, "int4-g64", self_attn_v_proj="int2-g64"))
+    assert set(tied.choice) == {"int4-g64"}  # v joins q/k; zero points kept (GPTQ has them)
 
 
 # ---------------------------------------------------------------------- ModelOpt
@@ -380,6 +382,7 @@ def test_modelopt_rules() -> None:
     split = plan(space, "int4-g64-sym", **{"0_mlp_up_proj": "int4-g128-sym"})
     assert rules_of(mo.check(split)) == {"fused"}
     assert study.check(plan(space, "int3-g64-sym")) == []
+    assert set(assert_fixed(study, plan(space, "int3-g64")).choice) == {"int3-g64-sym"}
     fixed = assert_fixed(mo, plan(space, "int4-g64", mlp_down_proj="int2-g64"))
     assert set(fixed.choice) == {"int4-g64-sym"}  # same bits: only the zero point is dropped
 

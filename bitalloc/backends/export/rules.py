@@ -9,9 +9,10 @@ target-specific groups (HQQ: every layer with the same ``parent.child`` tag).
 Fix: each binding group (united with the plan's own tie groups) that breaks a rule gets the
 format ``f*`` minimising the group's bytes among formats that the target accepts for every
 member and that dominate every member's current format ``f``: ``bits(f*) >= bits(f)``, and at
-equal bits a group at least as fine (per-channel = one group per row). Preference passes, the
-first with a candidate wins: keep each group at least as fine and keep zero points; then allow
-dropping the zero point; then coarser groups at higher bits; last an unquantized float.
+equal bits a group at least as fine (per-channel = one group per row) and, when the target has
+zero points, no asymmetric -> symmetric change. Preference passes, the first with a candidate
+wins: groups at least as fine; then coarser groups at higher bits; then (targets with zero
+points) dropping a zero point; last an unquantized float.
 Candidates are the plan's formats plus the target's canonical ones; the space grows by any new
 format used.
 """
@@ -216,7 +217,9 @@ class RuleExporter:
     def _pick(
         self, members: list[int], units: tuple[Unit, ...], fmts: list[QuantFormat], pool: list
     ) -> QuantFormat | None:
-        for keep_group, keep_zero, floats in PASSES:
+        keep = False in self.rules().symmetric  # keep zero points where the target has them
+        passes = ((True, keep, False), (False, keep, False), (False, False, False), FLOAT_PASS)
+        for keep_group, keep_zero, floats in passes:
             options = [
                 c
                 for c in pool
@@ -236,12 +239,7 @@ class RuleExporter:
         return None
 
 
-PASSES = (  # (keep the group at least as fine, keep the zero point, float) in order of preference
-    (True, True, False),
-    (True, False, False),
-    (False, False, False),
-    (False, False, True),
-)
+FLOAT_PASS = (False, False, True)  # (keep group at least as fine, keep zero point, float)
 
 
 def _dominates(
