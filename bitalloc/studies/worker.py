@@ -1,0 +1,174 @@
+"""A worker: pop queued trials one at a time, evaluate, tell; any number may run at once.
+
+Correctness with several workers (processes or machines) on one storage rests on one atomic
+step: a WAITING trial is claimed by ``storage.set_trial_state_values(id, RUNNING)``, which
+returns ``False`` when another worker won the race (the RDB storages update the row under a
+state check; the journal storage serialises through its file lock). A worker only ever runs
+trials it claimed, and stops when the queue is empty, so ``N`` queued trials give exactly
+``N`` finished ones: none duplicated, none lost.
+
+Crash safety: while a trial runs, a thread records a heartbeat every
+``heartbeat_interval`` seconds. Before each claim the worker fails trials whose heartbeat is
+older than the grace period (``optuna.storages.fail_stale_trials``), and the storage's
+:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` re-queues their params; a finished trial
+is never touched, so a SIGKILLed worker loses only the trial it was running, and that one is
+retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+Objective = Callable[["optuna.Trial"], Sequence[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """What one worker did: trials completed, failed and pruned (infeasible), and the time."""
+
+    completed: int
+    failed: int
+    pruned: int
+    time_s: float
+
+    @property
+    def trials(self) -> int:
+        return self.completed + self.failed + self.pruned
+
+
+def claim(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically move one WAITING trial of ``study`` to RUNNING; ``None`` if none is left."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, t._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def recover(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped beating (their params are re-queued)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``heartbeat_interval`` seconds while in the block."""
+    storage: Any = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # a missed beat is retried; the trial's outcome decides
+                log.debug("heartbeat of trial %d failed", trial_id, exc_info=True)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _others_running(study: optuna.Study) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def run_worker(
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    max_trials: int | None = None,
+    catch: tuple[type[BaseException], ...] = (),
+    callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    wait: bool = True,
+) -> WorkerReport:
+    """Drain ``study``'s queue with ``objective`` (at most ``max_trials`` trials).
+
+    Args:
+        study: an Optuna study (e.g. from :func:`bitalloc.studies.load_study`).
+        objective: ``objective(trial) -> values``; raising
+            :class:`~bitalloc.studies.objective.Infeasible` or ``optuna.TrialPruned`` records
+            the trial as PRUNED.
+        max_trials: stop after this many trials (``None`` = until the queue is empty).
+        catch: exception types recorded as a FAIL trial after which the worker goes on; any
+            other exception is recorded as FAIL and re-raised.
+        callback: called with ``(study, frozen_trial)`` after each finished trial.
+        wait: when the queue is empty but other trials still run, poll (every heartbeat
+            interval) until they finish or go stale and are re-queued, so the study is
+            complete when the last worker returns. Only with a heartbeat storage (without
+            one a dead worker's trial would be waited for forever).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from .objective import Infeasible
+
+    if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 0):
+        raise ValueError(f"`max_trials` must be an int >= 0 or None, got {max_trials!r}")
+    started = time.perf_counter()
+    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+    wait, poll = wait and interval is not None, float(interval or 1)
+    counts = {TrialState.COMPLETE: 0, TrialState.FAIL: 0, TrialState.PRUNED: 0}
+    while max_trials is None or sum(counts.values()) < max_trials:
+        recover(study)
+        trial = claim(study)
+        if trial is None:
+            if not (wait and _others_running(study)):
+                break
+            time.sleep(poll)  # a running trial may still fail and come back to the queue
+            continue
+        state, values, error = TrialState.COMPLETE, None, None
+        with heartbeat(study, trial._trial_id):
+            try:
+                values = list(objective(trial))
+            except (Infeasible, optuna.TrialPruned):
+                state = TrialState.PRUNED
+            except BaseException as e:
+                state, error = TrialState.FAIL, e
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+        frozen = study.tell(trial, values, state=state, skip_if_finished=True)
+        counts[state] += 1
+        log.info("trial %d %s %s", frozen.number, state.name, values or "")
+        if callback is not None:
+            callback(study, frozen)
+        if error is not None and not isinstance(error, catch):
+            raise error
+    return WorkerReport(
+        completed=counts[TrialState.COMPLETE],
+        failed=counts[TrialState.FAIL],
+        pruned=counts[TrialState.PRUNED],
+        time_s=round(time.perf_counter() - started, 3),
+    )
