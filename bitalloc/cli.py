@@ -610,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--save-plan", help="also write the (fixed) plan to this file")
     ex.set_defaults(func=cmd_export)
+
+    from .studies.cli import register as register_studies  # optuna loads only when run
+
+    register_studies(sub)
     return p
 
 
