@@ -10,6 +10,12 @@ widths (3) read the next byte too and take ``((hi << 8 | lo) >> shift) & (2^BITS
 points use the same layout over the ``N x n_groups`` group index; symmetric formats use the
 implicit zero point ``2^(BITS-1)``. ``w = (code - zero) * scale`` in fp32 (exact, as the
 reference), accumulated in fp32.
+
+The kernels call only builtins of ``triton.language`` (``tl.full``, ``tl.reduce``), never its
+``@jit`` helpers (``tl.zeros``, ``tl.sum``): those are built when triton is first imported, so
+if another library imported triton before ``TRITON_INTERPRET=1`` was set they are compiled-mode
+functions that the interpreter cannot call. ``tl.reduce`` with ``tl.standard._sum_combine`` is
+what ``tl.sum`` expands to (and the interpreter's fast numpy path).
 """
 
 from __future__ import annotations
@@ -103,7 +109,7 @@ def gemv_kernel(
     m = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc = tl.full([BLOCK_N], 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
@@ -127,7 +133,7 @@ def gemv_kernel(
             HAS_ZERO,
             BLOCK_K,
         )
-        acc += tl.sum(w * x[None, :], axis=1)
+        acc += tl.reduce(w * x[None, :], 1, tl.standard._sum_combine)
     tl.store(y_ptr + m * N + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
@@ -161,7 +167,7 @@ def gemm_kernel(
     m_mask = offs_m < M
     n_mask = offs_n < N
     m64 = offs_m.to(tl.int64)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K

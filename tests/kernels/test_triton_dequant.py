@@ -6,6 +6,10 @@ The Triton kernels run on CPU tensors under ``TRITON_INTERPRET=1`` (set per test
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -120,6 +124,26 @@ def test_interpreter_needs_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     assert triton_dequant._jit().INTERPRET is False  # rebuilt in compiled mode
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert triton_dequant._jit().INTERPRET is True  # and back
+
+
+def test_interpreter_works_when_triton_was_imported_first() -> None:
+    # another library importing triton before TRITON_INTERPRET=1 builds triton.language's own
+    # @jit helpers in compiled mode; the kernels must not depend on them
+    code = (
+        "import os, torch, triton, triton.language\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from bitalloc.kernels.pack import pack_weight\n"
+        "from bitalloc.kernels.matmul import dequant_matmul_reference as ref\n"
+        "from bitalloc.kernels.triton_dequant import triton_dequant_matmul as tri\n"
+        "pw = pack_weight(torch.randn(16, 64), 3, 32)\n"
+        "for m, k in ((1, 'gemv'), (5, 'gemm')):\n"
+        "    x = torch.randn(m, 64)\n"
+        "    assert torch.allclose(tri(x, pw, kernel=k), ref(x, pw), atol=1e-4), k\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_bad_inputs_name_the_argument(interp: None) -> None:
