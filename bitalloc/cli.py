@@ -315,9 +315,12 @@ def _option_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     return opts
 
 
-def _heldout_scores(model: Any, tok: Any, front: Any, args: argparse.Namespace) -> Any:
-    """KL to the reference and perplexity of every distinct feasible plan (RTN, held-out
-    Wikipedia or ``--text`` windows), measured four plans per reference pass."""
+def _heldout_scores(
+    model: Any, tok: Any, front: Any, subset: Any, args: argparse.Namespace
+) -> Any:
+    """``front`` with the KL to the reference and the perplexity of every distinct feasible
+    plan of ``subset`` (RTN, held-out Wikipedia or ``--text`` windows), four plans per
+    reference pass."""
     import copy
 
     from .data import evaluate_lm, windows
@@ -330,7 +333,7 @@ def _heldout_scores(model: Any, tok: Any, front: Any, args: argparse.Namespace) 
         except OSError as e:
             raise CliError(f"cannot read --text {args.text!r}: {e.strerror}") from None
     win = windows(tok, source, args.eval_seq_len, args.windows)
-    plans = list({p.choice: p for p in front.points if p.success}.values())
+    plans = list({p.choice: p for p in subset.points if p.success}.values())
     scores: dict[tuple[str, ...], dict[str, float]] = {}
     bar = _progress("evaluate", args.quiet)
     for first in range(0, len(plans), 4):
@@ -344,7 +347,7 @@ def _heldout_scores(model: Any, tok: Any, front: Any, args: argparse.Namespace) 
             scores[plan.choice] = {"kl": res[k].kl, "ppl": res[k].ppl}
         if bar is not None:
             bar(len(scores), len(plans), "evaluate")
-    return front.evaluate(lambda p: scores[p.choice])
+    return front.evaluate(lambda p: scores.get(p.choice, {}))
 
 
 def cmd_frontier(args: argparse.Namespace) -> int:
@@ -385,22 +388,28 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         callback=_progress(args.estimator, args.quiet),
     )
     started = time.perf_counter()
-    if hasattr(impl, "frontier"):  # a Pareto search: one run capped at the largest budget
+    native = hasattr(impl, "frontier")  # a Pareto search: one run up to the largest budget
+    if native:
         front = impl.frontier(table, Budget.avg_bits(max(budgets)))
     else:
         front = frontier(table, budgets, impl)
     solve_s = time.perf_counter() - started
+    shown = front.at(budgets) if native else front  # a dense set is read at the budgets
     if args.evaluate:
-        front = _heldout_scores(model, tok, front, args)
+        front = _heldout_scores(model, tok, front, shown, args)
+        shown = front.at(budgets) if native else front
     frame = front.to_frame()
     out = Path(args.out)
     front.save(out / "frontier.json")
     atomic_write_text(out / "frontier.csv", frame.to_csv(index=False))
-    by = "kl" if args.evaluate else "predicted"
+    by = "kl" if "kl" in front.metrics() else "predicted"
     title = f"{args.model}: {table.estimator}, {args.solver}"
     front.plot(out / "frontier.png", by=by, title=title)
-    cols = ["budget", "avg_bits", "predicted_loss", *front.metrics(), "status"]
-    print(frame.to_string(index=False, columns=cols, float_format=lambda x: f"{x:.5g}"))
+    cols = ["avg_bits", "predicted_loss", *front.metrics(), "status"]
+    rows = shown.to_frame()
+    if native:  # the requested budgets next to the best Pareto point within each
+        rows["budget"] = [b for b in budgets if any(p.avg_bits <= b for p in front.points)]
+    print(rows.to_string(index=False, columns=["budget", *cols], float_format="{:.5g}".format))
     print(f"{len(front)} points solved in {solve_s:.1f} s; written to {out}/frontier.*")
     return 0
 

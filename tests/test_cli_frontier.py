@@ -64,13 +64,21 @@ def test_frontier_writes_json_csv_png_with_measured_kl(
     assert "infeasible" in printed and "4 points solved" in printed
 
 
-def test_frontier_nsga2_option(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_frontier_nsga2_measures_the_points_at_the_budgets(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "nsga2"
-    args = frontier_args(tiny_model_dir, out, "3:4:0.5", "--solver", "nsga2")
-    assert main([*args, "--option", "pop_size=8", "-O", "n_gen=3"]) == 0
+    text = tmp_path / "held-out.txt"
+    text.write_text("A small model reads a short text about rivers and hills. " * 40)
+    args = frontier_args(tiny_model_dir, out, "3:4:0.5", "--solver", "nsga2", "--evaluate")
+    opts = ["--option", "pop_size=8", "-O", "n_gen=3", "--text", str(text), "--windows", "1"]
+    assert main([*args, *opts, "--eval-seq-len", "32"]) == 0
     front = Frontier.load(out / "frontier.json")
-    assert len(front) >= 2 and all(p.avg_bits <= 4.0 for p in front.points)
+    assert len(front) >= 3 and all(p.avg_bits <= 4.0 for p in front.points)
     assert front.points[0].meta["solver_options"]["pop_size"] == 8
+    measured = {p.choice for p, m in zip(front.points, front.measured) if "kl" in m}
+    assert measured == {p.choice for p in front.at([3.0, 3.5, 4.0]).points}
+    assert "kl" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

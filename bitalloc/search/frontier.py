@@ -90,6 +90,22 @@ class Frontier:
                 keep.append(i)
         return self._subset(keep)
 
+    def at(self, avg_bits: Sequence[float], by: str = PREDICTED) -> Frontier:
+        """Per budget (average bits) the feasible point of least loss ``by`` within it, in the
+        order given; budgets no point fits are left out. Reads a dense Pareto set (``nsga2``)
+        at the budgets of a sweep."""
+        self._check_metric(by)
+        idx = []
+        for b in avg_bits:
+            fits = [
+                i
+                for i, p in enumerate(self.points)
+                if p.success and p.avg_bits <= b and not math.isnan(self.loss(i, by))
+            ]
+            if fits:
+                idx.append(min(fits, key=lambda i: (self.loss(i, by), self.points[i].nbytes)))
+        return self._subset(idx)
+
     def evaluate(self, fn: Callable[[Solution], Any], key: str = "kl") -> Frontier:
         """A new Frontier with ``fn(plan)`` added to every feasible point's measured values.
 
@@ -175,7 +191,8 @@ class Frontier:
         ax = fig.add_subplot()
         for name, xy in series.items():
             xy.sort()
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", ms=4, label=name)
+            ms = 4 if len(xy) <= 60 else 1.5  # dense Pareto sets (nsga2): small markers
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", ms=ms, label=name)
         ys = [y for xy in series.values() for _, y in xy]
         if ys and min(ys) > 0:
             ax.set_yscale("log")

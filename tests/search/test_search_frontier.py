@@ -123,6 +123,22 @@ def test_evaluate_adds_measured_values_once_per_plan(sweep: Frontier) -> None:
         sweep.pareto(by="kl")
 
 
+def test_at_picks_the_best_point_within_each_budget(
+    table: ba.SensitivityTable, sweep: Frontier
+) -> None:
+    dense = ba.frontier(table, None, "nsga2", pop_size=16, n_gen=6)
+    merged = dense.merge(sweep)
+    budgets = [0.1, 3.2, 4.0, 7.5]
+    picked = merged.at(budgets)
+    assert len(picked) == 3  # nothing fits 0.1 bits
+    for b, p in zip(budgets[1:], picked.points):
+        fits = [q.objective for q in merged.points if q.success and q.avg_bits <= b]
+        assert p.avg_bits <= b and p.objective == min(fits)
+    measured = merged.evaluate(lambda s: 1.0 / s.avg_bits)
+    by_kl = measured.at([4.0], by="kl").points[0]  # the largest plan within 4 bits
+    assert by_kl.avg_bits == max(q.avg_bits for q in merged.points if q.avg_bits <= 4.0)
+
+
 def test_json_round_trip(tmp_path: Path, sweep: Frontier) -> None:
     measured = sweep.evaluate(lambda s: {"kl": s.objective, "ppl": 12.5})
     path = measured.save(tmp_path / "sub" / "front.json")
