@@ -179,6 +179,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CliError(f"cannot read --text {args.text!r}: {e.strerror}") from None
     model, tok = _load_model(model_name)
+    calib = None
+    if args.backend == "gptq":  # calibration-aware: wikipedia-calib windows
+        from .data import calibration
+
+        calib = calibration(tok, args.n_samples, args.seq_len)
     result = evaluate_plan(
         model,
         tok,
@@ -186,6 +191,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         text=text,
         n_windows=args.windows,
         seq_len=args.seq_len,
+        backend=args.backend,
+        calib=calib,
         callback=_progress("eval", args.quiet),
     )
     if args.json:
@@ -539,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--text", help="evaluate on this text file instead of held-out Wikipedia")
     e.add_argument("--windows", type=int, default=16, help="number of held-out windows")
     e.add_argument("--seq-len", type=int, default=512)
+    e.add_argument("--backend", default="rtn", help="how to apply the plans: rtn or gptq")
+    e.add_argument("--n-samples", type=int, default=16, help="gptq calibration windows")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)

@@ -37,11 +37,13 @@ def closest_uniform(solution: Solution) -> Solution | None:
     return best
 
 
-def _quantized_copy(model: nn.Module, solution: Solution, backend: str) -> nn.Module:
+def _quantized_copy(
+    model: nn.Module, solution: Solution, backend: str, calib: Any = None
+) -> nn.Module:
     from .search.api import apply
 
     clone = copy.deepcopy(model)
-    apply(clone, solution, backend)  # the clone is thrown away, so the handle is not kept
+    apply(clone, solution, backend, calib=calib)  # the clone is thrown away with its handle
     return clone
 
 
@@ -55,6 +57,7 @@ def evaluate_plan(
     seq_len: int = 512,
     n_sentences: int = 256,
     backend: str = "rtn",
+    calib: Any = None,
     callback: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score the reference, the plan and the closest uniform format.
@@ -67,6 +70,8 @@ def evaluate_plan(
             held-out sentences for encoders).
         n_windows, seq_len: held-out windows for causal LMs.
         n_sentences: held-out sentences for encoders.
+        backend, calib: how the plan and the uniform format are applied (``calib`` for
+            calibration-aware backends such as ``gptq``).
 
     Returns:
         ``{"reference": {...}, "plan": {...}, "uniform": {...} | None}``; each holds
@@ -78,9 +83,9 @@ def evaluate_plan(
 
     check_plan(model, solution)
     uniform = closest_uniform(solution)
-    candidates = {"plan": _quantized_copy(model, solution, backend)}
+    candidates = {"plan": _quantized_copy(model, solution, backend, calib)}
     if uniform is not None:
-        candidates["uniform"] = _quantized_copy(model, uniform, backend)
+        candidates["uniform"] = _quantized_copy(model, uniform, backend, calib)
     ref_bits = _reference_bits(model, solution)
     bits = {
         "reference": ref_bits,

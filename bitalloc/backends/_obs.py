@@ -21,7 +21,9 @@ exactly ``M - N`` of every ``M`` consecutive inputs.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -73,26 +75,18 @@ def hessian_factor(h: torch.Tensor, percdamp: float, act_order: bool) -> Factor:
         hd = hd[perm][:, perm]
     damp = percdamp * float(torch.diagonal(hd).mean())
     eye = torch.eye(hd.shape[0], dtype=hd.dtype, device=hd.device)
-    for _ in range(_DAMP_TRIES):
-        low, info = torch.linalg.cholesky_ex(hd + damp * eye)
-        if int(info) == 0:
-            up, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(low), upper=True)
-            if int(info) == 0 and bool(torch.isfinite(up).all()):
-                return Factor(up.to(torch.float32), perm, damp)
-        damp *= 10.0
+    with _single_thread(hd.device):
+        for _ in range(_DAMP_TRIES):
+            low, info = torch.linalg.cholesky_ex(hd + damp * eye)
+            if int(info) == 0:
+                up, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(low), upper=True)
+                if int(info) == 0 and bool(torch.isfinite(up).all()):
+                    return Factor(up.to(torch.float32), perm, damp)
+            damp *= 10.0
     raise ValueError(
         f"the Hessian is not positive definite even with damping {damp / 10:.3g}; "
         "raise `percdamp` or give more calibration data"
     )
-
-
-def _round(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, qmax: int):
-    """Codes and dequantized values of column ``w`` (reference.quantize's formulas)."""
-    if z is None:
-        code = torch.clamp(torch.round(w / s), -qmax - 1, qmax)
-        return code, code * s
-    code = torch.clamp(torch.round(w / s) + z, 0, qmax)
-    return code, (code - z) * s
 
 
 def _quota_mask(w_rest: torch.Tensor, d_rest: torch.Tensor, quota: torch.Tensor, width: int):
@@ -136,6 +130,39 @@ def obs_quantize(
     ``bits=16`` keeps floats (rounded to ``float_kind`` for the error feedback); it is only
     useful with sparsity. Sparse formats need ``factor.perm is None`` (natural order).
     """
+    with _single_thread(w.device):
+        return _obs_loop(
+            w, factor, bits, group_size, symmetric, float_kind, pruned_per_row, n_m, block_size
+        )
+
+
+@contextlib.contextmanager
+def _single_thread(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on CPU while the column loop runs (thousands of small ops per layer,
+    which intra-op threads slowed down about 50x on a busy 2-core machine; the factorization of
+    ``H`` measured faster single-threaded there too)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _obs_loop(
+    w: torch.Tensor,
+    factor: Factor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    float_kind: str | None,
+    pruned_per_row: int,
+    n_m: tuple[int, int] | None,
+    block_size: int,
+) -> ObsResult:
     rows, cols = w.shape
     quant = bits != 16
     sparse = n_m is not None or pruned_per_row > 0
@@ -146,81 +173,101 @@ def obs_quantize(
     gs = group_size if quant and group_size is not None else None
     if gs is not None and cols % gs:
         raise ValueError(f"in_features {cols} is not divisible by group_size {gs}")
-    qmax = (2 ** (bits - 1) - 1) if symmetric else (2**bits - 1)
-    W = w.detach().to(torch.float32).clone()
     perm = factor.perm
-    if perm is not None:
-        W = W[:, perm]
+    Wt = w.detach().to(torch.float32).t()  # [K, N]: one column of W is one contiguous row
+    Wt = (Wt[perm] if perm is not None else Wt).contiguous()
     U, diag_u = factor.u, torch.diagonal(factor.u)
     n_groups = cols // gs if gs else 1
-    scale = torch.empty(rows, n_groups, dtype=torch.float16, device=W.device)
-    zero = None if symmetric else torch.empty(rows, n_groups, dtype=torch.int16, device=W.device)
+    scale = torch.empty(rows, n_groups, dtype=torch.float16, device=Wt.device)
+    zero = None if symmetric else torch.empty(rows, n_groups, dtype=torch.int16, device=Wt.device)
     static = quant and (gs is None or perm is not None)
     if static:  # per-channel, or act_order's static groups: scales from the original weights
         _, scale, zero = quantize(w.detach().float(), bits, gs, symmetric)
-    codes = torch.zeros(rows, cols, dtype=torch.int16, device=W.device) if quant else None
-    mask = torch.zeros(rows, cols, dtype=torch.bool, device=W.device) if sparse else None
-    quota = torch.full((rows,), pruned_per_row, dtype=torch.long, device=W.device)
-    region = None
-    if n_m is not None:
-        region = math.lcm(n_m[1], gs) if gs else n_m[1]
+    mask = torch.zeros(cols, rows, dtype=torch.bool, device=Wt.device) if sparse else None
+    quota = torch.full((rows,), pruned_per_row, dtype=torch.long, device=Wt.device)
+    region = math.lcm(n_m[1], gs) if n_m is not None and gs else (n_m[1] if n_m else None)
     step = _alignment(gs, region, block_size)
     orig = perm.tolist() if perm is not None else range(cols)
     half = torch.bfloat16 if (float_kind or "bf16") == "bf16" else torch.float16
+    grid = _Grid(scale, zero, bits, symmetric) if quant else None
     for i1 in range(0, cols, step):
         i2 = min(i1 + step, cols)
-        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
-        Q1, E1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        W1, U1 = Wt[i1:i2].clone(), U[i1:i2, i1:i2]
+        E1 = torch.zeros_like(W1)
         M1 = None
         if mask is not None and n_m is None:
-            M1 = _quota_mask(W[:, i1:], diag_u[i1:], quota, i2 - i1)
-            quota -= M1.sum(dim=1)
+            M1 = _quota_mask(Wt[i1:].t(), diag_u[i1:], quota, i2 - i1).t()
+            quota -= M1.sum(dim=0)
         elif mask is not None:
             M1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
             j = i1 + i
             if n_m is not None and region is not None and j % region == 0:
-                M1[:, i : i + region] = _nm_mask(
-                    W1[:, i : i + region], diag_u[j : j + region], *n_m
+                cut = W1[i : i + region].t()
+                M1[i : i + region] = _nm_mask(cut, diag_u[j : j + region], *n_m).t()
+            if grid is not None and not static and j % gs == 0:
+                wg = (
+                    W1[i : i + gs] if M1 is None else W1[i : i + gs].masked_fill(M1[i : i + gs], 0)
                 )
-            g = orig[j] // gs if gs else 0
-            if quant and not static and j % gs == 0:
-                wg = W1[:, i : i + gs]
-                if M1 is not None:
-                    wg = wg.masked_fill(M1[:, i : i + gs], 0.0)
-                _, sg, zg = quantize(wg, bits, None, symmetric)
-                scale[:, g] = sg[:, 0]
-                if zero is not None:
-                    zero[:, g] = zg[:, 0]
-            col = W1[:, i]
-            if quant:
-                s = scale[:, g].float()
-                z = zero[:, g].float() if zero is not None else None
-                code, q = _round(col, s, z, qmax)
-                if M1 is not None:
-                    keep = ~M1[:, i]
-                    code = torch.where(keep, code, z if z is not None else torch.zeros_like(code))
-                    q = q.masked_fill(~keep, 0.0)
-                codes[:, j] = code.to(torch.int16)
-            else:
-                q = col.to(half).float()
-                if M1 is not None:
-                    q = q.masked_fill(M1[:, i], 0.0)
-            Q1[:, i] = q
+                grid.fit(wg.t(), orig[j] // gs)
+            col = W1[i]
+            q = grid.round(col, orig[j] // gs if gs else 0) if grid else col.to(half).float()
+            if M1 is not None:
+                q = q.masked_fill(M1[i], 0.0)
             err = (col - q) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            E1[:, i] = err
-        W[:, i1:i2] = Q1
+            W1[i + 1 :].addr_(U1[i, i + 1 :], err, alpha=-1.0)
+            W1[i] = q
+            E1[i] = err
+        Wt[i1:i2] = W1
         if mask is not None and M1 is not None:
-            mask[:, i1:i2] = M1
-        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+            mask[i1:i2] = M1
+        Wt[i2:].addmm_(U[i1:i2, i2:].t(), E1, alpha=-1.0)
     if perm is not None:
         inv = torch.argsort(perm)
-        W = W[:, inv]
-        codes = codes[:, inv] if codes is not None else None
-    keep = ~mask if mask is not None else None
+        Wt = Wt[inv]
+        mask = mask[inv] if mask is not None else None
+    W = Wt.t().contiguous()
+    keep = ~mask.t() if mask is not None else None
     if not quant:
         return ObsResult(W.to(half).float(), None, None, None, keep)
-    codes3 = codes.reshape(rows, n_groups, cols // n_groups)
-    weight = dequantize(codes3, scale, zero, (rows, cols))
-    return ObsResult(weight, codes3, scale, zero, keep)
+    codes = encode(W, scale, zero)
+    return ObsResult(dequantize(codes, scale, zero, (rows, cols)), codes, scale, zero, keep)
+
+
+class _Grid:
+    """Current fp16 scales / integer zeros per group, and rounding onto that grid."""
+
+    def __init__(self, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, sym: bool):
+        self.scale, self.zero = scale, zero
+        self.qmax = (2 ** (bits - 1) - 1) if sym else (2**bits - 1)
+        self.bits, self.sym = bits, sym
+        self._cols: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def fit(self, wg: torch.Tensor, g: int) -> None:
+        """Scale (and zero) of group ``g`` from its current weights ``wg`` ``[N, group]``."""
+        _, sg, zg = quantize(wg, self.bits, None, self.sym)
+        self.scale[:, g] = sg[:, 0]
+        if self.zero is not None and zg is not None:
+            self.zero[:, g] = zg[:, 0]
+        self._cols.pop(g, None)
+
+    def round(self, col: torch.Tensor, g: int) -> torch.Tensor:
+        """Dequantized nearest grid point: ``(clamp(round(w/s) + z, 0, qmax) - z) * s``."""
+        if g not in self._cols:
+            s = self.scale[:, g].float()
+            if self.zero is None:
+                lo, hi = torch.full_like(s, -self.qmax - 1), torch.full_like(s, self.qmax)
+            else:
+                z = self.zero[:, g].float()
+                lo, hi = -z, self.qmax - z
+            self._cols[g] = (s, lo, hi)
+        s, lo, hi = self._cols[g]
+        return torch.clamp(torch.round(col / s), lo, hi) * s
+
+
+def encode(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+    """Codes of a weight that lies on the grid of ``scale``/``zero`` (``[N, G, group]`` int16)."""
+    rows, groups = scale.shape
+    g = w.reshape(rows, groups, -1) / scale.float().unsqueeze(-1)
+    codes = torch.round(g) if zero is None else torch.round(g) + zero.float().unsqueeze(-1)
+    return codes.to(torch.int16)

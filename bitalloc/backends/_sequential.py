@@ -58,7 +58,6 @@ class HessianHooks:
         self._memo, self._keep = {}, []
 
     def _hook(self, name: str) -> Callable[..., None]:
-        import torch
 
         def fn(_mod: Any, args: tuple[Any, ...]) -> None:
             x = args[0]
@@ -69,8 +68,6 @@ class HessianHooks:
             if first != name:
                 return
             flat = x.detach().reshape(-1, x.shape[-1]).float()
-            if not torch.isfinite(flat).all():
-                raise ValueError(f"non-finite (NaN/inf) activations enter {name!r}")
             xtx = (flat.T @ flat).double()
             self.acc[name] = self.acc[name] + xtx if name in self.acc else xtx
             self.tokens[name] = self.tokens.get(name, 0) + flat.shape[0]
@@ -78,15 +75,19 @@ class HessianHooks:
         return fn
 
     def hessians(self) -> dict[str, torch.Tensor]:
-        """``H = 2 X^T X / n`` per module; ``ValueError`` when a module was never called."""
+        """``H = 2 X^T X / n`` per module (one shared tensor for modules fed the same input);
+        ``ValueError`` when a module was never called or its inputs were not finite."""
+        import torch
+
         missing = [n for n in self.modules if n not in self.leader]
         if missing:
             raise ValueError(f"the calibration forward never reached layers {missing[:5]}")
-        out = {}
-        for n in self.modules:
-            lead = self.leader[n]
-            out[n] = self.acc[lead] * (2.0 / max(self.tokens[lead], 1))
-        return out
+        scaled: dict[str, torch.Tensor] = {}
+        for lead in set(self.leader.values()):
+            if not bool(torch.isfinite(self.acc[lead]).all()):
+                raise ValueError(f"non-finite (NaN/inf) activations enter {lead!r}")
+            scaled[lead] = self.acc[lead] * (2.0 / max(self.tokens[lead], 1))
+        return {n: scaled[self.leader[n]] for n in self.modules}
 
 
 def one_pass(

@@ -113,10 +113,11 @@ class GptqBackend:
         tensors: dict[str, ObsResult] = {}
 
         def quantize_layers(hessians: dict[str, torch.Tensor]) -> None:
+            factors: dict[tuple[int, bool], Factor] = {}  # layers fed the same input share H
             for fqn, h in hessians.items():
                 mod, entries = plan[fqn]
                 originals[fqn] = mod.weight.detach().to("cpu", copy=True)
-                self._quantize_layer(mod, entries, h, tensors)
+                self._quantize_layer(mod, entries, h, tensors, factors)
 
         try:
             self._run(model, plan, batches, calib.forward, quantize_layers)
@@ -172,12 +173,12 @@ class GptqBackend:
         entries: list[tuple[Unit, QuantFormat]],
         h: torch.Tensor,
         tensors: dict[str, ObsResult],
+        factors: dict[tuple[int, bool], Factor],
     ) -> None:
         import torch
 
         from ._obs import hessian_factor, obs_quantize
 
-        factors: dict[bool, Factor] = {}
         weight = mod.weight
         with torch.no_grad():
             for unit, fmt in entries:
@@ -189,11 +190,12 @@ class GptqBackend:
                     w.copy_(w.detach().to(_half(fmt)).to(w.dtype))
                     continue
                 order = self.act_order and not pruned and n_m is None
-                if order not in factors:
-                    factors[order] = hessian_factor(h.to(w.device), self.percdamp, order)
+                key = (id(h), order)
+                if key not in factors:
+                    factors[key] = hessian_factor(h.to(w.device), self.percdamp, order)
                 res = obs_quantize(
                     w.float(),
-                    factors[order],
+                    factors[key],
                     fmt.bits,
                     fmt.group_size,
                     fmt.symmetric,

@@ -214,3 +214,22 @@ def test_refusals(tiny_llama) -> None:
     csol = plan(conv, ["int4-g32"], exclude=[])
     with pytest.raises(ValueError, match="gptq supports nn.Linear units only"):
         apply(conv, csol, "gptq", calib=[torch.randn(1, 32, 4, 4)])
+
+
+def test_cli_eval_with_gptq(tiny_model_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from bitalloc.cli import main
+    from bitalloc.models import load
+
+    model, _ = load(str(tiny_model_dir))
+    path = tmp_path / "plan.json"
+    plan(model, ["int2-g32", "int3-g32"]).save(path)
+    args = ["eval", str(path), "--model", str(tiny_model_dir), "--json", "-q"]
+    args += ["--windows", "2", "--seq-len", "32", "--n-samples", "8"]
+    results = {}
+    for backend in ("rtn", "gptq"):
+        assert main([*args, "--backend", backend]) == 0
+        results[backend] = json.loads(capsys.readouterr().out)
+    assert results["gptq"]["plan"]["kl"] != results["rtn"]["plan"]["kl"]
+    assert results["gptq"]["reference"] == results["rtn"]["reference"]
