@@ -156,14 +156,10 @@ class PackedLinear(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def _packed(self, k: int, fmt: QuantFormat, rows: int) -> PackedWeight:
-        from ..kernels.pack import PackedWeight, pack_bits, unpack_bits
+        """The dense integer block ``k`` as a :class:`PackedWeight` (shares the buffers)."""
+        from ..kernels.pack import PackedWeight
 
         codes = getattr(self, f"b{k}_codes")
-        if fmt.is_sparse:  # scatter the kept codes back to their positions (pruned -> code 0)
-            keep = self._mask(k, rows)
-            full = torch.zeros(keep.numel(), dtype=torch.uint8, device=codes.device)
-            full[keep] = unpack_bits(codes, fmt.bits, int(keep.sum()))
-            codes = pack_bits(full, fmt.bits)
         zeros = getattr(self, f"b{k}_zeros", None)
         scales = getattr(self, f"b{k}_scales")
         shape = (rows, self.in_features)
@@ -188,10 +184,30 @@ class PackedLinear(nn.Module):
             w = torch.zeros(keep.numel(), dtype=torch.float32, device=values.device)
             w[keep] = values.float()
             return w.view(rows, self.in_features)
-        w = unpack_weight(self._packed(k, fmt, rows)).reshape(rows, self.in_features)
-        if fmt.is_sparse:
-            w = torch.where(self._mask(k, rows).view(w.shape), w, torch.zeros((), device=w.device))
-        return w
+        if not fmt.is_sparse:
+            return unpack_weight(self._packed(k, fmt, rows)).reshape(rows, self.in_features)
+        return self._sparse_weight(k, fmt, rows)
+
+    def _sparse_weight(self, k: int, fmt: QuantFormat, rows: int) -> torch.Tensor:
+        """Scatter the kept codes to their positions and dequantize (pack.py code layout:
+        symmetric codes are offset by ``2^(b-1)``); pruned entries are exactly 0."""
+        from ..kernels.pack import unpack_bits
+        from ..kernels.reference import dequantize
+
+        keep = self._mask(k, rows)
+        codes = getattr(self, f"b{k}_codes")
+        q = torch.zeros(keep.numel(), dtype=torch.int16, device=codes.device)
+        q[keep] = unpack_bits(codes, fmt.bits, int(keep.sum())).to(torch.int16)
+        scales = getattr(self, f"b{k}_scales")
+        q = q.view(rows, scales.shape[1], -1)
+        zeros = getattr(self, f"b{k}_zeros", None)
+        if zeros is None:
+            q = q - 2 ** (fmt.bits - 1)
+        else:
+            zeros = unpack_bits(zeros, fmt.bits, scales.numel()).to(torch.int16)
+            zeros = zeros.view(scales.shape)
+        w = dequantize(q, scales, zeros, (rows, self.in_features))
+        return torch.where(keep.view(w.shape), w, torch.zeros((), device=w.device))
 
     def dequantized_weight(self) -> torch.Tensor:
         """The whole dense fp32 weight ``[out, in]``."""
