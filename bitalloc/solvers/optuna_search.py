@@ -122,7 +122,7 @@ class OptunaSolver:
         if n_before == 0 and self.warm_start is not None:
             first = SOLVERS.get(self.warm_start).solve(table, budget)
             if first.success:
-                study.enqueue_trial(dict(zip(names, _group_keys(problem, table, first))))
+                study.enqueue_trial(dict(zip(names, _group_keys(problem, first))))
         objective = _objective(problem, table, fitness, names, options)
         with _quiet_optuna():
             study.optimize(objective, n_trials=self.n_trials, timeout=self.timeout_s)
@@ -203,7 +203,8 @@ def _parameters(problem: Problem, table: SensitivityTable) -> tuple[list[str], l
     return names, options
 
 
-def _group_keys(problem: Problem, table: SensitivityTable, sol: Solution) -> list[str]:
+def _group_keys(problem: Problem, sol: Solution) -> list[str]:
+    """Per group the format key ``sol`` gives its units."""
     return [sol.choice[members[0]] for members in problem.members]
 
 
