@@ -18,6 +18,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _mode(target))  # mkstemp makes 0600; keep the file's or the umask's mode
     try:
         write(tmp_path)
         with open(tmp_path, "rb") as fh:
@@ -27,6 +28,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         tmp_path.unlink(missing_ok=True)
         raise
     return target
+
+
+def _mode(target: Path) -> int:
+    """The existing file's permissions, else ``0o666`` minus the process umask."""
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -122,3 +122,21 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     make_solution().save(target)
     assert Solution.load(target) == make_solution()
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+
+
+def test_save_follows_umask_and_keeps_existing_mode(tmp_path: Path) -> None:
+    import os
+
+    from bitalloc.search._io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        fresh = atomic_write_text(tmp_path / "a.json", "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "b.json"
+        kept.write_text("x")
+        kept.chmod(0o600)
+        atomic_write_text(kept, "{}")
+        assert kept.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
