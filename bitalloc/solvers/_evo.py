@@ -67,10 +67,10 @@ def mutate(
     """One level-switch offspring of ``parent``, or ``None`` when the draw is rejected.
 
     ``k`` (:func:`flip_count`) times: raise a random group (untouched so far, not at its top,
-    and whose extra bits one other group's lowering can make up) one level; then lower another untouched group one level, drawn among those whose saving
-    brings memory back within the capacity (when the raise overshot it; with slack left the
-    lowering happens with probability 1/2 when some group can go down, so free bits get used).
-    Memory therefore never
+    and whose extra bits one other group's lowering can make up) one level; then lower another
+    untouched group one level, drawn among those whose saving brings memory back within the
+    capacity (when the raise overshot it; with slack left the lowering happens with
+    probability 1/2 when some group can go down, so free bits get used). Memory never
     exceeds the capacity; extra rows (BOPs, latency) are checked at the end and the offspring is
     rejected when one breaks.
     """

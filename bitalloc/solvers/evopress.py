@@ -59,9 +59,9 @@ class EvoPressSolver:
         generations: number of generations (paper: 150 for quantization).
         offspring: children per generation, lambda (paper: 128; 8..64 measured equally good).
         selection: steps ``(survivors, tokens)``; survivors non-increasing and ending at 1
-            (a step with fewer candidates keeps them all), tokens non-decreasing (``None`` = every calibration token). Paper, quantization:
-            ``((16, 2048), (4, 16384), (1, 131072))``; its "super-fast" schedule is
-            ``((1, 512), (1, 8192))``.
+            (a step with fewer candidates keeps them all), tokens non-decreasing (``None`` =
+            every calibration token). Paper, quantization: ``((16, 2048), (4, 16384),
+            (1, 131072))``; its "super-fast" schedule is ``((1, 512), (1, 8192))``.
         seed: seed of the mutation RNG.
         start: ``"ilp"`` (exact additive optimum), ``"greedy"`` or ``"uniform"`` (the
             largest common format; the cheapest plan when none fits).

@@ -68,20 +68,27 @@ def test_registered_black_box() -> None:
     assert "evopress" in ba.available("solver")
 
 
+def checking(budget: Budget, seen: list[int | None]) -> Any:
+    """A fitness that asserts every candidate meets every budget row and logs its tokens."""
+
+    def evaluate(sol: Solution, *, tokens: int | None = None) -> float:
+        res = budget.residuals(sol)
+        assert res.pop("memory") >= 0, "candidate over the memory budget"
+        limit = max(abs(c.limit) for c in budget.constraints)
+        assert all(v >= -1e-9 * max(1.0, limit) for v in res.values()), res
+        seen.append(tokens)
+        return sol.objective
+
+    return evaluate
+
+
 def test_every_candidate_stays_within_every_budget_row() -> None:
     for seed in range(4):
         table = random_table(300 + seed, n_units=10, formats=FORMATS4, ties=(2,))
         row = random_constraint(table, seed, ("bops", "latency")[seed % 2], 0.5)
         budget = budget_between(table, 0.4).with_constraints(row)
-        seen: list[float] = []
-
-        def evaluate(sol: Solution, *, tokens: int | None = None) -> float:
-            res = budget.residuals(sol)
-            assert res.pop("memory") >= 0, "candidate over the memory budget"
-            assert all(v >= -1e-9 * max(1.0, abs(row.limit)) for v in res.values()), res
-            seen.append(tokens)
-            return sol.objective
-
+        seen: list[int | None] = []
+        evaluate = checking(budget, seen)
         solver = EvoPressSolver(start="uniform", seed=seed, **FAST)
         sol = solver.solve(table, budget, evaluate=evaluate)
         assert sol.status is Status.FEASIBLE and budget.residual(sol) >= 0
