@@ -21,7 +21,9 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(b) for b in text.split(",") if b.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -92,8 +94,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     study = create_study(args.name, config, spec, n_trials=args.n_trials)
     queued = len(study.trials)
     print(
-        f"study {args.name!r} created in {spec.describe()}: {config.kind}, "
-        f"{len(objective.params)} params ({len(objective.space)} units), {queued} trials queued"
+        f"study {args.name!r} created in {spec.describe()}: {config.kind} on "
+        f"{len(objective.space)} units ({len(objective.params)} units/tie groups), "
+        f"{queued} trials queued"
     )
     return 0
 
@@ -115,6 +118,7 @@ def _progress(quiet: bool) -> Any:
 
 
 def _work(args: argparse.Namespace, extra: int) -> int:
+    from ..models import cache_dir
     from .objective import PlanObjective
     from .study import add_slots, load_study
     from .worker import run_worker
@@ -125,7 +129,7 @@ def _work(args: argparse.Namespace, extra: int) -> int:
         if config.kind != "sample":
             raise ValueError("--n-trials adds sampled trials; a sweep's grid is queued at create")
         add_slots(study, extra)
-    objective = PlanObjective.from_config(config)
+    objective = PlanObjective.from_config(config, cache_dir=cache_dir())
     report = run_worker(
         study, objective, max_trials=args.max_trials, callback=_progress(args.quiet)
     )
@@ -162,13 +166,17 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"plan of trial {args.plan} written to {args.out}")
         return 0
     rows = trial_rows(study, args.y)
-    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    counts = {
+        s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState
+    }
     if args.json:
         print(json.dumps({"config": config.to_dict(), "counts": counts, "trials": rows}, indent=1))
     else:
         print(f"study {args.name}: {config.kind} on {config.model}")
         print("trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
-        print(f"{'#':>5} {'series':<14} {'avg bits':>9} {'bytes':>12} {'kl':>10} {'ppl':>10}  front")
+        print(
+            f"{'#':>5} {'series':<14} {'avg bits':>9} {'bytes':>12} {'kl':>10} {'ppl':>10}  front"
+        )
         for r in rows:
             print(
                 f"{r['number']:>5} {r['series']:<14} {r['avg_bits']:>9.4f} {r['bytes']:>12,} "

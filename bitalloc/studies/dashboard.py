@@ -36,9 +36,7 @@ def dashboard_command() -> list[str]:
     exe = Path(sys.executable).parent / "optuna-dashboard"
     found = str(exe) if exe.exists() else shutil.which("optuna-dashboard")
     if found is None:
-        raise RuntimeError(
-            "optuna-dashboard is not installed; pip install 'bitalloc[studies]'"
-        )
+        raise RuntimeError("optuna-dashboard is not installed; pip install 'bitalloc[studies]'")
     return [found]
 
 

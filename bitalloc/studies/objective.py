@@ -113,7 +113,9 @@ class PlanObjective:
                 trial.set_user_attr("infeasible", sol.message)
                 raise Infeasible(sol.message)
             return sol
-        params = {name: trial.suggest_categorical(name, list(ch)) for name, ch in self.params.items()}
+        params = {
+            name: trial.suggest_categorical(name, list(ch)) for name, ch in self.params.items()
+        }
         choice = params_to_choice(self.space, params)
         table = self.table(cfg.estimators[0])
         rows = range(len(self.space))

@@ -66,7 +66,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
     front = set()
     for i, (x, y) in enumerate(points):
         dominated = any(
-            (qx <= x and qy <= y) and (qx < x or qy < y) for j, (qx, qy) in enumerate(points) if j != i
+            (qx <= x and qy <= y) and (qx < x or qy < y)
+            for j, (qx, qy) in enumerate(points)
+            if j != i
         )
         if not dominated:
             front.add(i)
@@ -137,7 +139,9 @@ def _html(name: str, svg: str, rows: list[dict[str, Any]]) -> str:
     svg = svg[svg.index("<svg") :]  # drop the XML prolog and doctype
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
     body = "\n".join(
-        "<tr" + (' class="front"' if r["pareto"] else "") + ">"
+        "<tr"
+        + (' class="front"' if r["pareto"] else "")
+        + ">"
         + "".join(f"<td>{_cell(r[c])}</td>" for c in COLUMNS)
         + "</tr>"
         for r in rows

@@ -67,7 +67,9 @@ class StorageOptions:
                 f"`grace_period` must be an int > heartbeat_interval ({self.heartbeat_interval})"
                 f" or None, got {self.grace_period!r}"
             )
-        if self.max_retry is not None and (not isinstance(self.max_retry, int) or self.max_retry < 0):
+        if self.max_retry is not None and (
+            not isinstance(self.max_retry, int) or self.max_retry < 0
+        ):
             raise ValueError(f"`max_retry` must be an int >= 0 or None, got {self.max_retry!r}")
 
     @property

@@ -113,7 +113,9 @@ class StudyConfig:
         if not isinstance(d, Mapping) or "model" not in d:
             raise ValueError("not a bitalloc study configuration (no 'model')")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        return cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        )
 
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -215,9 +217,7 @@ def plan_params(space: SearchSpace) -> dict[str, tuple[str, ...]]:
 def params_to_choice(space: SearchSpace, params: Mapping[str, str]) -> tuple[str, ...]:
     """Per-unit format keys from a trial's params (see :func:`plan_params`)."""
     try:
-        return tuple(
-            params[u.name if u.tie is None else TIE_PREFIX + u.tie] for u in space.units
-        )
+        return tuple(params[u.name if u.tie is None else TIE_PREFIX + u.tie] for u in space.units)
     except KeyError as e:
         raise ValueError(f"trial params lack {e.args[0]!r}: not a plan of this space") from None
 

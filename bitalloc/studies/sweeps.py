@@ -104,9 +104,7 @@ def check_names(config: StudyConfig) -> None:
         known = set(available(kind)) | ({"auto"} if kind == "estimator" else set())
         for name in names:
             if name not in known:
-                raise ValueError(
-                    f"unknown {kind} {name!r}; available: {', '.join(sorted(known))}"
-                )
+                raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(known))}")
 
 
 def _names(names: Sequence[str], argument: str) -> list[str]:

@@ -7,8 +7,9 @@ state check; the journal storage serialises through its file lock). A worker onl
 trials it claimed, and stops when the queue is empty, so ``N`` queued trials give exactly
 ``N`` finished ones: none duplicated, none lost.
 
-Crash safety: while a trial runs, a thread records a heartbeat every
-``heartbeat_interval`` seconds. Before each claim the worker fails trials whose heartbeat is
+Crash safety: a claimed trial gets its first heartbeat at once (a trial without one is never
+found stale by Optuna's RDB storages), then a thread records one every ``heartbeat_interval``
+seconds while it runs. Before each claim the worker fails trials whose heartbeat is
 older than the grace period (``optuna.storages.fail_stale_trials``), and the storage's
 :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` re-queues their params; a finished trial
 is never touched, so a SIGKILLed worker loses only the trial it was running, and that one is
@@ -55,10 +56,16 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                _beat(storage, t._trial_id)  # a trial without a beat is never found stale
                 return optuna.Trial(study, t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def _beat(storage: Any, trial_id: int) -> None:
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
+        storage.record_heartbeat(trial_id)
 
 
 def recover(study: optuna.Study) -> None:
@@ -74,7 +81,8 @@ def recover(study: optuna.Study) -> None:
 
 @contextmanager
 def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat every ``heartbeat_interval`` seconds while in the block."""
+    """Record the trial's heartbeat every ``heartbeat_interval`` seconds in the block (the
+    first one is written by :func:`claim`)."""
     storage: Any = study._storage
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if interval is None:
@@ -83,13 +91,11 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     stop = threading.Event()
 
     def beat() -> None:
-        while True:
+        while not stop.wait(interval):
             try:
                 storage.record_heartbeat(trial_id)
             except Exception:  # a missed beat is retried; the trial's outcome decides
-                log.debug("heartbeat of trial %d failed", trial_id, exc_info=True)
-            if stop.wait(interval):
-                return
+                log.warning("heartbeat of trial %d failed", trial_id, exc_info=True)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
@@ -126,8 +132,8 @@ def run_worker(
         catch: exception types recorded as a FAIL trial after which the worker goes on; any
             other exception is recorded as FAIL and re-raised.
         callback: called with ``(study, frozen_trial)`` after each finished trial.
-        wait: when the queue is empty but other trials still run, poll (every heartbeat
-            interval) until they finish or go stale and are re-queued, so the study is
+        wait: when the queue is empty but other trials still run, poll (every second)
+            until they finish or go stale and are re-queued, so the study is
             complete when the last worker returns. Only with a heartbeat storage (without
             one a dead worker's trial would be waited for forever).
     """
@@ -140,7 +146,7 @@ def run_worker(
         raise ValueError(f"`max_trials` must be an int >= 0 or None, got {max_trials!r}")
     started = time.perf_counter()
     interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
-    wait, poll = wait and interval is not None, float(interval or 1)
+    wait, poll = wait and interval is not None, min(float(interval or 1), 1.0)
     counts = {TrialState.COMPLETE: 0, TrialState.FAIL: 0, TrialState.PRUNED: 0}
     while max_trials is None or sum(counts.values()) < max_trials:
         recover(study)

@@ -24,7 +24,9 @@ URL_VAR = "BITALLOC_TEST_POSTGRES_URL"
 
 
 def _have_postgres() -> bool:
-    return shutil.which("initdb") is not None or any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return shutil.which("initdb") is not None or any(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +91,11 @@ def spawn(tmp_path):
     env["OMP_NUM_THREADS"] = "1"  # several workers share the cores
 
     def start(*argv: str) -> subprocess.Popen:
-        cmd = [sys.executable, *argv] if argv[0] == "-c" else [sys.executable, "-m", "bitalloc", *argv]
+        cmd = (
+            [sys.executable, *argv]
+            if argv[0] == "-c"
+            else [sys.executable, "-m", "bitalloc", *argv]
+        )
         proc = subprocess.Popen(
             cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-# A worker whose third trial blocks forever (after solving its plan) announcing itself in FLAG (so the kill
-# lands mid-trial, deterministically); heartbeat every second, stale after two.
+# A worker whose third trial solves its plan, writes its number to FLAG and blocks forever (so
+# the kill lands mid-trial, deterministically); heartbeat every second, stale after two.
 BLOCKING_WORKER = """
 import pathlib, sys, time
 from bitalloc.studies.objective import PlanObjective
@@ -20,7 +20,8 @@ from bitalloc.studies.study import load_study
 from bitalloc.studies.worker import run_worker
 
 name, storage, flag = sys.argv[1:4]
-study, cfg = load_study(name, storage, options=StorageOptions(heartbeat_interval=1, grace_period=2))
+options = StorageOptions(heartbeat_interval=1, grace_period=2)
+study, cfg = load_study(name, storage, options=options)
 real = PlanObjective.from_config(cfg)
 done = []
 
@@ -43,7 +44,9 @@ def storage_url(request, tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'c.db'}"
 
 
-def test_sigkill_mid_trial_then_resume(storage_url, tmp_path, spawn, study_name, tiny_config, capsys):
+def test_sigkill_mid_trial_then_resume(
+    storage_url, tmp_path, spawn, study_name, tiny_config, capsys
+):
     from optuna.trial import TrialState
 
     from bitalloc.cli import main
@@ -68,7 +71,17 @@ def test_sigkill_mid_trial_then_resume(storage_url, tmp_path, spawn, study_name,
     assert states[killed] is TrialState.RUNNING and killed == 2
 
     capsys.readouterr()
-    argv = ["study", "run", study_name, "--storage", storage_url, "--heartbeat", "1", "--grace", "2"]
+    argv = [
+        "study",
+        "run",
+        study_name,
+        "--storage",
+        storage_url,
+        "--heartbeat",
+        "1",
+        "--grace",
+        "2",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "worker done: 3 complete, 0 failed" in out  # 2 never started + the killed one

@@ -78,7 +78,12 @@ def test_pareto_plots_and_show(finished_study, tmp_path, capsys) -> None:
     shown = json.loads(capsys.readouterr().out)
     assert shown["counts"]["complete"] == 6 and len(shown["trials"]) == 6
     plan_file = tmp_path / "plan.json"
-    assert main(["study", "show", "cmp", "--storage", storage, "--plan", "2", "--out", str(plan_file)]) == 0
+    assert (
+        main(
+            ["study", "show", "cmp", "--storage", storage, "--plan", "2", "--out", str(plan_file)]
+        )
+        == 0
+    )
     from bitalloc.search.solution import Solution
 
     plan = Solution.load(plan_file)

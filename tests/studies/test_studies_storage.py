@@ -52,7 +52,9 @@ def test_config_and_plan_encoding(tiny_llama, tiny_config) -> None:
     groups = space.tie_groups()
     free = sum(u.tie is None for u in space.units)
     assert len(params) == free + len(groups) < len(space)  # q/k/v and gate/up share a param
-    choice = tuple(space.units[i].allowed[i % len(space.units[i].allowed)] for i in range(len(space)))
+    choice = tuple(
+        space.units[i].allowed[i % len(space.units[i].allowed)] for i in range(len(space))
+    )
     # make tie groups consistent: a group takes its first member's format
     first = {u.tie: choice[i] for i, u in reversed(list(enumerate(space.units))) if u.tie}
     choice = tuple(first.get(u.tie, c) if u.tie else c for u, c in zip(space.units, choice))

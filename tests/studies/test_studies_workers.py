@@ -71,16 +71,16 @@ def test_two_worker_processes(backend, request, tmp_path, spawn, study_name, tin
     from bitalloc.studies.study import create_study, load_study
 
     storage = (
-        str(tmp_path / "w.journal") if backend == "journal" else request.getfixturevalue("postgres_url")
+        str(tmp_path / "w.journal")
+        if backend == "journal"
+        else request.getfixturevalue("postgres_url")
     )
-    cfg = tiny_config(
-        kind="sweep", budgets=(2.5, 3.5, 5.0), solvers=("greedy", "lagrangian")
-    )
+    cfg = tiny_config(kind="sweep", budgets=(2.5, 3.5, 5.0), solvers=("greedy", "lagrangian"))
     create_study(study_name, cfg, storage)
     grid = {tuple(p.values()) for p in cfg.grid()}
     procs = [spawn("study", "worker", study_name, "--storage", storage) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     done = sum(int(out.rsplit("worker done: ", 1)[1].split()[0]) for out, _ in outs)
     study, _ = load_study(study_name, storage)
