@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -129,6 +130,10 @@ def _work(args: argparse.Namespace, extra: int) -> int:
         if config.kind != "sample":
             raise ValueError("--n-trials adds sampled trials; a sweep's grid is queued at create")
         add_slots(study, extra)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)  # several workers on one machine: 1 each
     objective = PlanObjective.from_config(config, cache_dir=cache_dir())
     report = run_worker(
         study, objective, max_trials=args.max_trials, callback=_progress(args.quiet)
@@ -193,6 +198,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .storage import resolve_storage
 
     spec = resolve_storage(args.storage, args.name or "study")
+    # SIGTERM (and SIGINT) leave the block below, which stops the server process
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with Dashboard.start(spec, host=args.host, port=args.port) as server:
         print(f"optuna-dashboard serving {spec.describe()} at {server.url}/dashboard", flush=True)
         print("press Ctrl-C to stop", flush=True)
@@ -239,6 +247,7 @@ def register(sub: Any) -> None:
             w.add_argument("--n-trials", type=int, default=0, help="queue this many more trials")
         w.add_argument("--max-trials", type=int, help="stop after this many trials")
         w.add_argument("--seed", type=int, help="sampler seed (default: the study's)")
+        w.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
         w.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval (s)")
         w.add_argument("--grace", type=int, help="stale after this many s (default 2x)")
         w.add_argument("-q", "--quiet", action="store_true", help="no line per trial")

@@ -56,6 +56,17 @@ def postgres_url() -> Iterator[str]:
         )
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny-model trials run 100x slower with 2 threads on busy shared cores (measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def study_name() -> str:
     """A name no other test (or earlier run on the same database) uses."""
