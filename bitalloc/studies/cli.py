@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -121,11 +122,14 @@ def _progress(quiet: bool) -> Any:
 def _work(args: argparse.Namespace, extra: int) -> int:
     from ..models import cache_dir
     from .objective import PlanObjective
-    from .study import add_slots, load_study
+    from .study import add_slots, load_study, make_sampler
     from .worker import run_worker
 
     _quiet_optuna()
     study, config = load_study(args.name, args.storage, seed=args.seed, options=_options(args))
+    if args.seed is None and args.study_command == "worker":
+        # parallel workers with one seed would sample the same plans; `run` stays reproducible
+        study.sampler = make_sampler(config, config.seed + os.getpid())
     if extra:
         if config.kind != "sample":
             raise ValueError("--n-trials adds sampled trials; a sweep's grid is queued at create")
@@ -246,7 +250,11 @@ def register(sub: Any) -> None:
         if name == "run":
             w.add_argument("--n-trials", type=int, default=0, help="queue this many more trials")
         w.add_argument("--max-trials", type=int, help="stop after this many trials")
-        w.add_argument("--seed", type=int, help="sampler seed (default: the study's)")
+        w.add_argument(
+            "--seed",
+            type=int,
+            help="sampler seed (default: the study's for run, study's + pid for worker)",
+        )
         w.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
         w.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval (s)")
         w.add_argument("--grace", type=int, help="stale after this many s (default 2x)")
