@@ -43,9 +43,8 @@ def plan(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_search_writes_a_plan_within_budget(plan: Path) -> None:
     data = json.loads(plan.read_text())
     assert data["status"] == "optimal" and data["avg_bits"] <= 3.75
-    assert (
-        data["meta"]["estimator"] == "fisher"
-    )  # auto: causal LM + loss and data["meta"]["solver"] == "ilp"
+    assert data["meta"]["estimator"] == "fisher"  # auto: causal LM with a loss
+    assert data["meta"]["solver"] == "ilp"
 
 
 def test_show_and_list(plan: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,6 +54,21 @@ def test_show_and_list(plan: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "solvers:" in out and "ilp" in out and "layer_error" in out and "smollm2-135m" in out
+
+
+def test_pack_writes_the_predicted_bytes(
+    plan: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bitalloc.backends.packed import checkpoint_nbytes, read_packed
+    from bitalloc.search.solution import Solution
+
+    out = tmp_path / "model.safetensors"
+    assert main(["pack", str(plan), "--model", str(tiny_model_dir), "-o", str(out)]) == 0
+    sol = Solution.load(plan)
+    assert checkpoint_nbytes(out) == sol.nbytes
+    assert read_packed(out)[0].choice == sol.choice
+    assert f"measured {sol.nbytes:,} bytes" in capsys.readouterr().out
+    assert main(["pack", str(tmp_path / "missing.json"), "-o", str(out)]) == 2
 
 
 def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

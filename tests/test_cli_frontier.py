@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bitalloc.cli import _parse_budgets, main
+from bitalloc.cli import main
+from bitalloc.cli import parse_budgets
 from bitalloc.search.frontier import Frontier
 from bitalloc.search.solution import Status
 
@@ -36,9 +37,9 @@ def frontier_args(model: Path, out: Path, budgets: str, *extra: str) -> list[str
 
 
 def test_budget_syntax() -> None:
-    assert _parse_budgets("2.5:4.5:0.25") == [2.5 + 0.25 * i for i in range(9)]
-    assert _parse_budgets("3:4:0.3") == [3.0, 3.3, 3.6, 3.9]
-    assert _parse_budgets("4,3, 2.5:3:0.5") == [2.5, 3.0, 4.0]
+    assert parse_budgets("2.5:4.5:0.25") == [2.5 + 0.25 * i for i in range(9)]
+    assert parse_budgets("3:4:0.3") == [3.0, 3.3, 3.6, 3.9]
+    assert parse_budgets("4,3, 2.5:3:0.5") == [2.5, 3.0, 4.0]
 
 
 def test_frontier_writes_json_csv_png_with_measured_kl(

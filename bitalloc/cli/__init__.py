@@ -1,0 +1,48 @@
+"""The ``bitalloc`` command: search, eval, show, validate, frontier, export, pack, list, study.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (unknown names, bad budget, malformed
+plan, infeasible budget). Nothing is written unless the command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ._common import EXIT_BAD_INPUT, CliError
+from .frontier import parse_budgets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bitalloc`` argument parser; each module registers its commands."""
+    from ..studies.cli import register as register_studies  # optuna loads only when run
+    from . import export, frontier, pack, plan, validate
+
+    p = argparse.ArgumentParser(prog="bitalloc", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"bitalloc {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+    for module in (plan, validate, frontier, export, pack):
+        module.register(sub)
+    register_studies(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (CliError, ValueError, TypeError) as e:
+        print(f"bitalloc {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+__all__ = ["EXIT_BAD_INPUT", "CliError", "build_parser", "main", "parse_budgets"]

@@ -1,0 +1,110 @@
+"""Shared pieces of the ``bitalloc`` commands: errors, progress bars, loading, options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+DEFAULT_FORMATS = "int2-g64,int3-g64,int4-g64,int8-g64"
+DEFAULT_ESTIMATOR = "auto"  # = bitalloc.search.api.DEFAULT_ESTIMATOR (kept import-free)
+ESTIMATOR_HELP = "registered name, or 'auto' (fisher for causal LMs, else weight_error; default)"
+
+
+class CliError(Exception):
+    """Bad input detected by the CLI (exit code 2)."""
+
+
+def progress(desc: str, quiet: bool) -> Any:
+    """A ``callback(done, total, ...)`` drawing a tqdm bar on stderr."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def cb(done: int, total: int, label: str = desc) -> None:
+        bar = bars.get(label)
+        if bar is None:
+            bar = bars[label] = tqdm(total=total, desc=label, leave=False, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            bars.pop(label)
+
+    return cb
+
+
+def load_model(name: str) -> tuple[Any, Any]:
+    from ..models import load
+
+    started = time.perf_counter()
+    model, tok = load(name)
+    logging.getLogger("bitalloc").info(
+        "model %s loaded in %.1f s", name, time.perf_counter() - started
+    )
+    return model, tok
+
+
+def budget_from(args: argparse.Namespace) -> Any:
+    from ..search.budget import Budget
+
+    if (args.avg_bits is None) == (args.bytes is None):
+        raise CliError("give exactly one of --avg-bits or --bytes")
+    return (
+        Budget.avg_bits(args.avg_bits) if args.avg_bits is not None else Budget.bytes(args.bytes)
+    )
+
+
+def key_values(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` options (``-O``); values parsed as JSON when possible (3, 0.5, null)."""
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--option must look like KEY=VALUE, got {pair!r}")
+        try:
+            opts[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key.replace("-", "_")] = value
+    return opts
+
+
+def check_name(kind: str, name: str) -> None:
+    """Refuse an unregistered estimator/solver/backend name, listing the valid ones."""
+    from ..search.api import available
+
+    names = available(kind)
+    if name not in names and not (kind == "estimator" and name == "auto"):
+        raise CliError(f"unknown {kind} {name!r}; available: {', '.join(names)}")
+
+
+def estimate_table(model: Any, space: Any, calib: Any, args: argparse.Namespace) -> Any:
+    """The sensitivity table for ``args.estimator``, cached unless ``--no-cache``."""
+    from ..models import cache_dir
+    from ..search.api import estimate
+
+    return estimate(
+        model,
+        space,
+        calib,
+        args.estimator,
+        cache_dir=None if args.no_cache else cache_dir(),
+        callback=progress(args.estimator, args.quiet),
+    )
+
+
+def read_text(path: str, flag: str) -> str:
+    """The UTF-8 text of ``path``, or a CliError naming ``flag``."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot read {flag} {path!r}: {e.strerror}") from None
