@@ -74,16 +74,26 @@ def load(
 
 @contextmanager
 def _no_progress_bars() -> Iterator[None]:
-    """Silence transformers' tqdm bars while loading (library code shows no progress bars)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    """Silence transformers' tqdm bars while loading (library code shows no progress bars),
+    and the warnings an installed torchao emits when transformers imports it (torch pytree
+    deprecations, CUDA-only extension libraries missing on CPU)."""
+    noisy = [logging.getLogger(n) for n in ("torch.utils._pytree", "torchao")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
     try:
-        yield
+        from transformers.utils import logging as hf_logging
+
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
     finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+        for lg, level in zip(noisy, levels):
+            lg.setLevel(level)
 
 
 def _dispatch(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, Any]:
