@@ -30,14 +30,7 @@ def budget_sweep(
     **options: Any,
 ) -> StudyConfig:
     """One (estimator, solver) pipeline over ``budgets`` (average bits)."""
-    return StudyConfig(
-        model=model,
-        kind="sweep",
-        budgets=tuple(budgets),
-        estimators=(estimator,),
-        solvers=(solver,),
-        **options,
-    )
+    return _sweep(model, budgets, (estimator,), (solver,), options)
 
 
 def estimator_comparison(
@@ -49,14 +42,7 @@ def estimator_comparison(
     **options: Any,
 ) -> StudyConfig:
     """``estimators`` x ``budgets`` with one solver."""
-    return StudyConfig(
-        model=model,
-        kind="sweep",
-        budgets=tuple(budgets),
-        estimators=tuple(_names(estimators, "estimators")),
-        solvers=(solver,),
-        **options,
-    )
+    return _sweep(model, budgets, _names(estimators, "estimators"), (solver,), options)
 
 
 def solver_comparison(
@@ -68,12 +54,23 @@ def solver_comparison(
     **options: Any,
 ) -> StudyConfig:
     """``solvers`` x ``budgets`` on one estimator's table."""
+    return _sweep(model, budgets, (estimator,), _names(solvers, "solvers"), options)
+
+
+def _sweep(
+    model: str,
+    budgets: Sequence[float],
+    estimators: Sequence[str],
+    solvers: Sequence[str],
+    options: dict[str, Any],
+) -> StudyConfig:
+    """The ``kind="sweep"`` config over the grid ``budgets`` x ``estimators`` x ``solvers``."""
     return StudyConfig(
         model=model,
         kind="sweep",
         budgets=tuple(budgets),
-        estimators=(estimator,),
-        solvers=tuple(_names(solvers, "solvers")),
+        estimators=tuple(estimators),
+        solvers=tuple(solvers),
         **options,
     )
 
