@@ -20,24 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from .pack import PackedWeight, unpack_weight
-from .triton_dequant import ACT_DTYPES, SUPPORTED_BITS, triton_dequant_matmul, triton_usable
+from .triton_dequant import SUPPORTED_BITS, check_operands, triton_dequant_matmul, triton_usable
 
 IMPLS = ("auto", "reference", "triton")
 
 
 def dequant_matmul_reference(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     """``x @ W^T`` for ``x [..., K]`` (fp16/bf16/fp32): fp32 math, output in ``x.dtype``."""
-    if not isinstance(pw, PackedWeight):
-        raise ValueError(f"`pw` must be a PackedWeight, got {type(pw).__name__}")
-    if not isinstance(x, torch.Tensor) or x.dtype not in ACT_DTYPES:
-        raise ValueError(
-            f"`x` must be a float16/bfloat16/float32 tensor, got "
-            f"{getattr(x, 'dtype', type(x).__name__)}"
-        )
-    if x.dim() < 1 or x.shape[-1] != pw.in_features:
-        raise ValueError(
-            f"`x` last dim must be in_features={pw.in_features}, got shape {tuple(x.shape)}"
-        )
+    check_operands(x, pw)
     w = unpack_weight(pw.to(x.device)).reshape(pw.out_features, pw.in_features)
     y = x.reshape(-1, pw.in_features).float() @ w.T
     return y.to(x.dtype).reshape(*x.shape[:-1], pw.out_features)

@@ -61,14 +61,13 @@ def _jit() -> ModuleType:
     return _triton_jit
 
 
-def check_inputs(x: torch.Tensor, pw: PackedWeight) -> None:
-    """Raise ``ValueError`` naming the bad argument for inputs the kernels do not take."""
+def check_operands(x: torch.Tensor, pw: PackedWeight, bits: tuple[int, ...] | None = None) -> None:
+    """Raise ``ValueError`` naming the bad argument unless ``pw`` is a :class:`PackedWeight`
+    (of a width in ``bits``, when given) and ``x`` an fp16/bf16/fp32 ``[..., in_features]``."""
     if not isinstance(pw, PackedWeight):
         raise ValueError(f"`pw` must be a PackedWeight, got {type(pw).__name__}")
-    if pw.bits not in SUPPORTED_BITS:
-        raise ValueError(
-            f"`bits` must be one of {SUPPORTED_BITS} for the Triton kernels, got {pw.bits}"
-        )
+    if bits is not None and pw.bits not in bits:
+        raise ValueError(f"`bits` must be one of {bits} for the Triton kernels, got {pw.bits}")
     if not isinstance(x, torch.Tensor) or x.dtype not in ACT_DTYPES:
         raise ValueError(
             f"`x` must be a float16/bfloat16/float32 tensor, got "
@@ -78,6 +77,11 @@ def check_inputs(x: torch.Tensor, pw: PackedWeight) -> None:
         raise ValueError(
             f"`x` last dim must be in_features={pw.in_features}, got shape {tuple(x.shape)}"
         )
+
+
+def check_inputs(x: torch.Tensor, pw: PackedWeight) -> None:
+    """Raise ``ValueError`` naming the bad argument for inputs the kernels do not take."""
+    check_operands(x, pw, SUPPORTED_BITS)
     if x.device != pw.device:
         raise ValueError(f"`x` is on {x.device} but the packed weight is on {pw.device}")
 
