@@ -1,5 +1,6 @@
-"""Plumbing shared by the black-box solvers (``optuna``, ``nsga2``): budget repair of whole
-batches of candidates, and a cached fitness (predicted loss or a measured ``evaluate``).
+"""Plumbing shared by the black-box solvers (``optuna``, ``nsga2``): option checks, budget
+repair of whole batches of candidates, and a cached fitness (predicted loss or a measured
+``evaluate``).
 
 Notation as in :mod:`bitalloc.solvers._mckp`: groups g, options j, value ``v[g, j]``, row
 costs ``a_r[g, j]`` (memory first), capacities ``B_r``. Pure numpy: no torch.
@@ -8,7 +9,7 @@ costs ``a_r[g, j]`` (memory first), capacities ``B_r``. Pure numpy: no torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,16 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from ._mckp import masked, row_scales
+
+
+def check_int_options(solver: Any, minima: Iterable[tuple[str, int | None]]) -> None:
+    """Raise ``ValueError`` unless each named field of ``solver`` is an integer (not a bool)
+    ``>= low`` (``low=None``: any integer, e.g. a seed)."""
+    for arg, low in minima:
+        val = getattr(solver, arg)
+        if isinstance(val, bool) or not isinstance(val, int) or (low is not None and val < low):
+            bound = "" if low is None else f" >= {low}"
+            raise ValueError(f"`{arg}` must be an integer{bound}, got {val!r}")
 
 
 def repair_batch(problem: Problem, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._fitness import Fitness, repair_batch
+from ._fitness import Fitness, check_int_options, repair_batch
 from ._mckp import feasible_start, greedy_choice
 from .base import infeasible, make_solution, provenance, start
 
@@ -75,12 +75,7 @@ class Nsga2Solver:
     black_box: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        for arg, low in (("pop_size", 2), ("n_gen", 1), ("warm_start", 0)):
-            val = getattr(self, arg)
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ValueError(f"`{arg}` must be an integer >= {low}, got {val!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"`seed` must be an integer, got {self.seed!r}")
+        check_int_options(self, (("pop_size", 2), ("n_gen", 1), ("warm_start", 0), ("seed", None)))
         p = self.crossover_prob
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ValueError(f"`crossover_prob` must be in [0, 1], got {p!r}")

@@ -18,7 +18,7 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._fitness import Fitness, repair_batch
+from ._fitness import Fitness, check_int_options, repair_batch
 from ._mckp import feasible_start, row_scales
 from .base import infeasible, joint_message, make_solution, provenance, start
 
@@ -85,15 +85,11 @@ class OptunaSolver:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {self.sampler!r}")
-        for arg, low in (("n_trials", 1), ("population_size", 2)):
-            val = getattr(self, arg)
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ValueError(f"`{arg}` must be an integer >= {low}, got {val!r}")
+        check_int_options(self, (("n_trials", 1), ("population_size", 2)))
         t = self.timeout_s
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
             raise ValueError(f"`timeout_s` must be a positive number or None, got {t!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"`seed` must be an integer, got {self.seed!r}")
+        check_int_options(self, (("seed", None),))
         if self.warm_start is not None:
             cls = SOLVERS.cls(self.warm_start)
             if getattr(cls, "black_box", False):
