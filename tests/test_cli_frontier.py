@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bitalloc.cli import main
-from bitalloc.cli import parse_budgets
+from bitalloc.cli import main, parse_budgets
 from bitalloc.search.frontier import Frontier
 from bitalloc.search.solution import Status
 
