@@ -5,7 +5,8 @@ Evolutionary Search", ICML 2025 (arXiv 2410.14649); defaults and details in algo
 section 1. The fitness is a black box (measured KL of the compressed model, an
 :class:`~bitalloc.solvers.base.Evaluator`), so the search does not rely on the additivity that
 the table-based solvers assume. Pure numpy: the torch evaluator lives in
-:mod:`bitalloc.backends.variants`.
+:mod:`bitalloc.backends.kl_evaluator` (on the variant cache of
+:mod:`bitalloc.backends.variants`).
 """
 
 from __future__ import annotations
