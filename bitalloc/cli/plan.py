@@ -23,10 +23,12 @@ from ._common import (
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..data import calibration
+    from ..search.api import solve_with_fitness
     from ..search.formats import parse_formats
     from ..search.problem import Problem
     from ..search.solution import Status
     from ..search.space import SearchSpace
+    from ..solvers import SOLVERS
 
     budget = budget_from(args)
     formats = parse_formats(args.formats)
@@ -57,7 +59,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"budget {budget.describe()} is above the maximum {top:.6g} of this "
             "search space (every unit at its largest format); lower it or add formats"
         )
-    sol = _solve_search(model, calib, space, table, budget, args.solver, opts)
+    sol = solve_with_fitness(
+        model, calib, table, budget, SOLVERS.get(args.solver, **opts), args.fitness
+    )
     if sol.status is Status.INFEASIBLE:
         raise CliError(sol.message)
     if args.table:
@@ -87,22 +91,6 @@ def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
     if "callback" in fields:
         opts["callback"] = progress(args.solver, args.quiet)
     return opts
-
-
-def _solve_search(
-    model: Any, calib: Any, space: Any, table: Any, budget: Any, name: str, opts: dict[str, Any]
-) -> Any:
-    """A black-box solver (evopress) with calibration data optimises the measured KL
-    (KLEvaluator on RTN variants); other solvers optimise the table."""
-    from ..search.api import solve
-    from ..solvers import SOLVERS
-
-    if calib is None or not getattr(SOLVERS.cls(name), "black_box", False):
-        return solve(table, budget, name, **opts)
-    from ..backends.kl_evaluator import KLEvaluator
-
-    with KLEvaluator(model, calib, space) as kl:
-        return solve(table, budget, name, evaluate=kl, **opts)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -215,6 +203,13 @@ def register(sub: Any) -> None:
     s.add_argument("--generations", type=int, help="evopress: generations")
     s.add_argument("--offspring", type=int, help="evopress: offspring per generation")
     s.add_argument("--checkpoint", help="evopress: resumable state file (JSON)")
+    s.add_argument(
+        "--fitness",
+        choices=("auto", "kl", "table"),
+        default="auto",
+        help="black-box solvers: measured KL on the calibration tokens or the table's "
+        "predicted loss (auto: kl for evopress, table for optuna/nsga2)",
+    )
     s.add_argument("--table", help="also write the sensitivity table (.npz)")
     s.add_argument("--out", default="plan.json", help="plan file to write (default: %(default)s)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

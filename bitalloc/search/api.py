@@ -300,12 +300,16 @@ def search(
     tie: Sequence[str] | str | None = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     callback: Any = None,
+    fitness: str = "auto",
 ) -> Solution:
     """One shot: discover the space, estimate sensitivities, solve under ``budget``.
 
-    A black-box ``solver`` (``evopress``, ...) given with ``calib`` optimises the measured
-    KL to the reference on the calibration tokens
-    (:class:`~bitalloc.backends.kl_evaluator.KLEvaluator`, RTN variants) instead of the table.
+    ``fitness`` (black-box solvers only): ``"kl"`` optimises the measured KL to the reference
+    on the calibration tokens (:class:`~bitalloc.backends.kl_evaluator.KLEvaluator`, RTN
+    variants), ``"table"`` the table's predicted loss; ``"auto"`` is ``"kl"`` for solvers
+    built for an expensive fitness (``evopress``: multi-step selection on growing token
+    counts) when ``calib`` is given, else ``"table"`` (``optuna``/``nsga2`` defaults run
+    hundreds of candidates: pass ``fitness="kl"`` with a CPU-sized schedule).
 
     Example:
         >>> sol = bitalloc.search(model, calib, 3.0, estimator="layer_error", solver="ilp")
@@ -317,10 +321,35 @@ def search(
     )
     table = estimate(model, space, cal, estimator, cache_dir=cache_dir, callback=callback)
     impl = _registry("solver").resolve(solver)
-    if cal is None or not getattr(type(impl), "black_box", False):
-        return solve(table, budget, impl)
+    return solve_with_fitness(model, cal, table, budget, impl, fitness)
+
+
+FITNESS = ("auto", "kl", "table")
+
+
+def solve_with_fitness(
+    model: nn.Module,
+    calib: Calibration | None,
+    table: SensitivityTable,
+    budget: Budget | float,
+    solver: Any,
+    fitness: str = "auto",
+) -> Solution:
+    """Solve with the table, or with the measured KL for a black-box solver (see
+    :func:`search` for ``fitness``)."""
+    if fitness not in FITNESS:
+        raise ValueError(f"`fitness` must be one of {', '.join(FITNESS)}, got {fitness!r}")
+    black = getattr(type(solver), "black_box", False)
+    if fitness == "kl" and (not black or calib is None):
+        raise ValueError(
+            "fitness='kl' needs a black-box solver (evopress, optuna, nsga2) and `calib`; "
+            f"got solver {type(solver).name!r}"
+            + ("" if calib is not None else " without calibration data")
+        )
+    auto = black and calib is not None and getattr(type(solver), "prefers_measured", False)
+    if fitness == "table" or (fitness == "auto" and not auto):
+        return solve(table, budget, solver)
     from ..backends.kl_evaluator import KLEvaluator
 
-    # black-box solvers (evopress, ...) optimise the measured KL on the calibration tokens
-    with KLEvaluator(model, cal, space) as kl:
-        return solve(table, budget, impl, evaluate=kl)
+    with KLEvaluator(model, calib, table.space) as kl:
+        return solve(table, budget, solver, evaluate=kl)

@@ -95,6 +95,7 @@ class EvoPressSolver:
     name: ClassVar[str]
     exact: ClassVar[bool] = False
     black_box: ClassVar[bool] = True
+    prefers_measured: ClassVar[bool] = True  # search(fitness="auto") gives it the measured KL
     supports_constraints: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

@@ -266,6 +266,38 @@ def test_search_facade_passes_the_kl_evaluator(tiny_llama, tiny_calib) -> None:
     assert all(np.array_equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
 
 
+def test_search_fitness_choice(tiny_llama, tiny_calib, monkeypatch) -> None:
+    """auto: measured KL for evopress, the table for nsga2; kl/table force it; bad values
+    and kl without a black-box solver are refused with the argument named."""
+    from bitalloc.solvers.nsga2 import Nsga2Solver
+
+    fmts = ["int2-g32", "int4-g32", "int8-g32"]
+    kw = {"formats": fmts, "estimator": "weight_error"}
+    evo = EvoPressSolver(generations=1, offspring=2, selection=((1, 32),), start="uniform")
+    table_run = ba.search(tiny_llama, tiny_calib, 4.0, solver=evo, fitness="table", **kw)
+    assert table_run.meta["fitness_source"] == "table"
+    nsga = Nsga2Solver(pop_size=4, n_gen=2)
+    calls: list[int] = []
+
+    import bitalloc.backends.kl_evaluator as kle
+
+    real = kle.KLEvaluator.__call__
+
+    def counting(self, solution, *, tokens=None):  # noqa: ANN001, ANN202
+        calls.append(1)
+        return real(self, solution, tokens=tokens)
+
+    monkeypatch.setattr(kle.KLEvaluator, "__call__", counting)
+    ba.search(tiny_llama, tiny_calib, 4.0, solver=nsga, **kw)
+    assert not calls  # auto: nsga2 optimises the table
+    ba.search(tiny_llama, tiny_calib, 4.0, solver=nsga, fitness="kl", **kw)
+    assert calls  # forced: measured KL
+    with pytest.raises(ValueError, match="`fitness` must be one of auto, kl, table"):
+        ba.search(tiny_llama, tiny_calib, 4.0, solver=evo, fitness="measured", **kw)
+    with pytest.raises(ValueError, match="needs a black-box solver"):
+        ba.search(tiny_llama, tiny_calib, 4.0, solver="ilp", fitness="kl", **kw)
+
+
 def test_cli_search_with_evopress(tiny_model_dir: Path, tmp_path: Path) -> None:
     from bitalloc.cli import main
 
