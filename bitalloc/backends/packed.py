@@ -5,7 +5,12 @@ and save/load packed checkpoints (safetensors).
 holding only the packed tensors (codes, fp16 scales, zeros, sparse masks), so the model's weight
 memory is the plan's predicted bytes exactly (:attr:`Solution.nbytes`). Channel-slice units of
 one layer become row blocks of one ``PackedLinear``, each block in its own format.
-``handle.restore()`` puts the original modules back.
+``handle.restore()`` puts the original modules back. ``quantizer="rtn"`` packs the float
+weights by round-to-nearest (:func:`~bitalloc.backends.packed_linear.pack_block`);
+``quantizer="gptq"`` runs the gptq backend (GPTQ / SparseGPT, ``keep_codes=True``) on the
+float model, packs its own codes, fp16 scales, zero points and keep-masks
+(:meth:`~bitalloc.backends.packed_linear.PackedLinear.from_quantized`), then restores the float
+weights: the storage layout and byte count are the same either way.
 
 Checkpoint (:func:`save_packed` / :func:`load_packed`): a safetensors file holding only the
 packed unit tensors, named ``<layer FQN>.b<k>_<name>``, with the plan JSON in its metadata
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 
 FORMAT_TAG = "bitalloc.packed"
 FORMAT_VERSION = "1"
+QUANTIZERS = ("rtn", "gptq")
 
 
 @BACKENDS.register("packed")
@@ -46,15 +53,41 @@ class PackedBackend:
 
     Args:
         mask_score: how sparse formats choose the pruned weights: ``"magnitude"`` or
-            ``"wanda"`` (needs ``calib``); the same masks as the rtn backend.
+            ``"wanda"`` (needs ``calib``); the same masks as the rtn backend (``"rtn"`` only:
+            SparseGPT chooses its own masks).
+        quantizer: ``"rtn"`` (round-to-nearest from the float weights) or ``"gptq"`` (GPTQ /
+            SparseGPT codes from the gptq backend; needs ``calib``).
+        quantizer_options: options of the gptq backend (``percdamp``, ``block_size``,
+            ``act_order``, ``max_batches``, ``sequential``); ``None`` for its defaults.
     """
 
     name: ClassVar[str]
     mask_score: str = "magnitude"
+    quantizer: str = "rtn"
+    quantizer_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mask_score not in MASK_SCORES:
             raise ValueError(f"`mask_score` must be one of {MASK_SCORES}, got {self.mask_score!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"`quantizer` must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "rtn" and self.quantizer_options:
+            raise ValueError(
+                f"`quantizer_options` {sorted(self.quantizer_options)} apply to "
+                "quantizer='gptq' only"
+            )
+        if self.quantizer == "gptq":
+            if self.mask_score != "magnitude":
+                raise ValueError(
+                    "`mask_score` applies to quantizer='rtn' only (gptq prunes with SparseGPT)"
+                )
+            self._gptq()  # unknown or bad options raise here, before any work
+
+    def _gptq(self) -> Any:
+        opts = dict(self.quantizer_options or {})
+        if "keep_codes" in opts:
+            raise ValueError("`quantizer_options` cannot set keep_codes (packing needs the codes)")
+        return BACKENDS.get("gptq", keep_codes=True, **opts)
 
     def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
         """2-D (``nn.Linear``) weights in any storable format; conv weights are refused."""
@@ -64,6 +97,8 @@ class PackedBackend:
         from .packed_linear import PackedLinear
 
         layers = plan_layers(model, solution)
+        if self.quantizer == "gptq":
+            return _swap(model, solution, self._from_gptq(model, solution, layers, calib))
         norms: dict[str, Any] = {}
         sparse = sorted(f for f, (_, b) in layers.items() if any(_sparse(k) for *_, k in b))
         if self.mask_score == "wanda" and sparse:
@@ -78,6 +113,33 @@ class PackedBackend:
         for fqn, (linear, blocks) in layers.items():  # pack everything before swapping
             built[fqn] = PackedLinear.from_linear(linear, blocks, norms.get(fqn))
         return _swap(model, solution, built)
+
+    def _from_gptq(
+        self, model: nn.Module, solution: Solution, layers: dict[str, Any], calib: Any
+    ) -> dict[str, PackedLinear]:
+        """GPTQ the float model in place, pack its kept codes, restore the float weights."""
+        from .packed_linear import PackedLinear
+
+        if calib is None:
+            raise ValueError(
+                "`calib` is required by the packed backend with quantizer='gptq' (GPTQ builds "
+                "each layer's Hessian from calibration inputs); pass calib=... or use "
+                "quantizer='rtn'"
+            )
+        unit_of = {
+            (u.fqn, (u.channels or (0, u.shape[0]))[0]): u.name for u in solution.space.units
+        }
+        handle = self._gptq().apply(model, solution, calib=calib)
+        try:
+            kept = handle.tensors
+            return {
+                fqn: PackedLinear.from_quantized(
+                    linear, blocks, [kept.get(unit_of[fqn, start]) for start, _, _ in blocks]
+                )
+                for fqn, (linear, blocks) in layers.items()
+            }
+        finally:
+            handle.restore()
 
 
 def plan_layers(model: nn.Module, solution: Solution) -> dict[str, tuple[nn.Linear, list[Block]]]:
@@ -142,19 +204,24 @@ def save_packed(
     *,
     mask_score: str = "magnitude",
     calib: Any = None,
+    quantizer: str = "rtn",
+    **quantizer_options: Any,
 ) -> Path:
     """Write the plan's packed unit tensors and the plan JSON to a safetensors file, atomically.
 
-    ``model`` is the float model (packed here, left untouched) or one the packed backend was
-    applied to with this plan (its tensors are written as they are).
+    ``model`` is the float model (packed here by ``quantizer``, ``"rtn"`` or ``"gptq"``, see
+    :class:`PackedBackend`; left untouched) or one the packed backend was applied to with this
+    plan (its tensors are written as they are). ``quantizer_options`` go to the gptq backend
+    (``percdamp``, ``act_order``, ...); ``quantizer="gptq"`` needs ``calib``.
     """
     from safetensors.torch import save
 
     from .packed_linear import PackedLinear
 
+    backend = PackedBackend(mask_score, quantizer, quantizer_options or None)
     layers = _packed_layers(model, solution)
     if layers is None:
-        handle = PackedBackend(mask_score=mask_score).apply(model, solution, calib=calib)
+        handle = backend.apply(model, solution, calib=calib)
         try:
             layers = cast(dict[str, PackedLinear], _packed_layers(model, solution))
         finally:

@@ -14,7 +14,9 @@ by :meth:`QuantFormat.nbytes`, nothing else is stored for the weight):
 - 16-bit float: ``b{k}_weight`` bf16/fp16 ``[rows, cols]``; sparse: ``b{k}_values`` (kept
   weights, row-major) + ``b{k}_mask``.
 
-The dequantized weight equals the rtn backend's fake-quantized weight bit for bit.
+The dequantized weight equals the rtn backend's fake-quantized weight bit for bit
+(:meth:`PackedLinear.from_linear`), or the gptq backend's weight when packed from its kept codes
+(:meth:`PackedLinear.from_quantized`).
 """
 
 from __future__ import annotations
@@ -55,32 +57,71 @@ def tensor_specs(fmt: QuantFormat, shape: tuple[int, int]) -> dict[str, tuple[tu
 
 def pack_block(w: torch.Tensor, fmt: QuantFormat, act_norms: Any = None) -> dict[str, Any]:
     """Pack one 2-D weight block ``w`` in ``fmt`` (sparse: prune by magnitude, or Wanda when
-    ``act_norms`` is given, then quantize the kept weights) -> buffer tensors."""
-    from ..kernels.pack import pack_bits, pack_weight, unpack_bits
+    ``act_norms`` is given, then round-to-nearest quantize the kept weights) -> buffer tensors."""
+    from ..kernels.reference import quantize
     from ..kernels.sparsity import prune_mask
 
     w = w.detach()
-    out: dict[str, torch.Tensor] = {}
     keep = None
     if fmt.is_sparse:
-        keep = prune_mask(w, fmt.sparsity, fmt.n_m, act_norms=act_norms).reshape(-1)
-        out["mask"] = pack_bits(keep.to(torch.uint8), 1)
+        keep = prune_mask(w, fmt.sparsity, fmt.n_m, act_norms=act_norms)
         w = torch.where(keep.view(w.shape), w, torch.zeros((), dtype=w.dtype, device=w.device))
     if fmt.is_float:
-        half = torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16
-        v = w.to(half)
+        return pack_quantized(w, fmt, keep=keep)
+    q, scale, zero = quantize(w.float(), fmt.bits, fmt.group_size, fmt.symmetric)
+    return pack_quantized(w, fmt, q, scale, zero, keep)
+
+
+def pack_quantized(
+    w: torch.Tensor,
+    fmt: QuantFormat,
+    codes: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    zero: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Buffers of a block quantized elsewhere (RTN above, or GPTQ/SparseGPT's kept codes).
+
+    Args:
+        w: the block's weight ``[rows, cols]`` (read only for 16-bit float formats).
+        fmt: its format.
+        codes, scale, zero: integer formats: the :func:`bitalloc.kernels.reference.quantize`
+            form (``codes`` int ``[rows, G, group]``, signed when symmetric; ``scale`` fp16
+            ``[rows, G]``; ``zero`` int ``[rows, G]`` or ``None``), stored as they are in the
+            :mod:`bitalloc.kernels.pack` layout (symmetric codes offset by ``2^(b-1)``).
+        keep: sparse formats: the boolean keep-mask ``[rows, cols]`` (exactly
+            ``fmt.n_kept`` entries); only the kept weights' codes/values are stored.
+    """
+    from ..kernels.pack import pack_bits
+
+    out: dict[str, torch.Tensor] = {}
+    shape = (int(w.shape[0]), int(w.shape[1]))
+    if fmt.is_sparse:
+        if keep is None or tuple(keep.shape) != shape or int(keep.sum()) != fmt.n_kept(shape):
+            raise ValueError(
+                f"`keep` must be a bool mask of shape {shape} with {fmt.n_kept(shape)} kept "
+                f"entries for {fmt.key}"
+            )
+        keep = keep.reshape(-1).bool()
+        out["mask"] = pack_bits(keep.to(torch.uint8), 1)
+    if fmt.is_float:
+        v = w.detach().to(torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16)
         if keep is None:
             out["weight"] = v.contiguous()
         else:
             out["values"] = v.reshape(-1)[keep].contiguous()
         return out
-    pw = pack_weight(w.float(), fmt.bits, fmt.group_size, fmt.symmetric)
-    codes = pw.codes
-    if keep is not None:
-        codes = pack_bits(unpack_bits(codes, fmt.bits, w.numel())[keep], fmt.bits)
-    out.update(codes=codes, scales=pw.scales)
-    if pw.zeros is not None:
-        out["zeros"] = pw.zeros
+    if codes is None or scale is None or (zero is None) != fmt.symmetric:
+        raise ValueError(
+            f"{fmt.key} needs `codes` and `scale`" + ("" if fmt.symmetric else " and `zero`")
+        )
+    flat = codes.reshape(-1).to(torch.int16)
+    if fmt.symmetric:
+        flat = flat + 2 ** (fmt.bits - 1)
+    out["codes"] = pack_bits(flat if keep is None else flat[keep], fmt.bits)
+    out["scales"] = scale.to(torch.float16).contiguous()
+    if zero is not None:
+        out["zeros"] = pack_bits(zero, fmt.bits)
     return out
 
 
@@ -135,6 +176,28 @@ class PackedLinear(nn.Module):
         for k, (start, stop, key) in enumerate(blocks):
             packed = pack_block(linear.weight[start:stop], QuantFormat.parse(key), act_norms)
             tensors.update({f"b{k}_{n}": t for n, t in packed.items()})
+        return cls(linear.in_features, linear.out_features, blocks, tensors, linear.bias)
+
+    @classmethod
+    def from_quantized(
+        cls, linear: nn.Linear, blocks: Sequence[Block], results: Sequence[Any]
+    ) -> PackedLinear:
+        """Pack precomputed codes block by block, e.g. GPTQ's (no re-quantization).
+
+        ``results[k]`` belongs to ``blocks[k]``: an object with ``codes``, ``scale``, ``zero``
+        and ``keep`` attributes (:class:`bitalloc.backends._obs.ObsResult`), or ``None`` for a
+        dense 16-bit float block. ``linear.weight`` must already hold the quantized weights
+        (16-bit float blocks are stored from it).
+        """
+        if len(results) != len(blocks):
+            raise ValueError(f"`results` has {len(results)} entries for {len(blocks)} blocks")
+        tensors: dict[str, torch.Tensor] = {}
+        for k, ((start, stop, key), res) in enumerate(zip(blocks, results)):
+            fmt, w = QuantFormat.parse(key), linear.weight[start:stop]
+            if res is None and not (fmt.is_float and not fmt.is_sparse):
+                raise ValueError(f"block {k} ({key}) needs its codes/scales (got None)")
+            parts = (None,) * 4 if res is None else (res.codes, res.scale, res.zero, res.keep)
+            tensors.update({f"b{k}_{n}": t for n, t in pack_quantized(w, fmt, *parts).items()})
         return cls(linear.in_features, linear.out_features, blocks, tensors, linear.bias)
 
     def expected_tensors(self) -> dict[str, tuple[tuple, Any]]:

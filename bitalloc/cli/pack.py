@@ -18,13 +18,15 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if not model_name:
         raise CliError("the plan does not name its model; pass --model")
     model, tok = load_model(model_name)
+    if args.quantizer == "gptq" and args.mask_score != "magnitude":
+        raise CliError("--mask-score applies to --quantizer rtn only (gptq prunes with SparseGPT)")
     calib = None
-    if args.mask_score == "wanda":  # activation norms from calibration windows
+    if args.mask_score == "wanda" or args.quantizer == "gptq":  # Wanda norms / GPTQ Hessians
         from ..data import calibration
 
         calib = calibration(tok, args.n_samples, args.seq_len)
     out = Path(args.out or Path(args.plan).with_suffix(".safetensors"))
-    save_packed(model, sol, out, mask_score=args.mask_score, calib=calib)
+    save_packed(model, sol, out, mask_score=args.mask_score, calib=calib, quantizer=args.quantizer)
     measured = checkpoint_nbytes(out)
     print(f"packed checkpoint written to {out}")
     print(
@@ -46,6 +48,12 @@ def register(sub: Any) -> None:
         default="magnitude",
         help="how sparse formats choose the pruned weights",
     )
-    pk.add_argument("--n-samples", type=int, default=16, help="wanda calibration windows")
+    pk.add_argument(
+        "--quantizer",
+        choices=("rtn", "gptq"),
+        default="rtn",
+        help="rtn: round-to-nearest; gptq: GPTQ/SparseGPT codes from calibration windows",
+    )
+    pk.add_argument("--n-samples", type=int, default=16, help="calibration windows (wanda, gptq)")
     pk.add_argument("--seq-len", type=int, default=512)
     pk.set_defaults(func=cmd_pack)
