@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
+from backend_helpers import VOCAB, lm_calib, plan
 from torch import nn
 
-from bitalloc import QuantFormat, SearchSpace, Solution, Status, apply
+from bitalloc import QuantFormat, apply
 from bitalloc.backends._obs import hessian_factor, obs_quantize
 from bitalloc.data import evaluate_lm
 from bitalloc.kernels import dequantize, fake_quantize
@@ -16,7 +17,6 @@ from bitalloc.kernels.sparsity import fake_quantize_sparse, satisfies_n_m
 from bitalloc.search.calibration import Calibration
 
 DENSE = ["int2-g32", "int3-g32", "int4-g32-sym", "int3-pc", "int4-pc-sym", "int8-g32"]
-VOCAB = 320  # tests/conftest.py TINY_VOCAB
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +107,6 @@ def test_dead_inputs_and_rank_deficient_hessian(layer) -> None:
     res = obs_quantize(w, factor, 3, 32, False)
     assert bool(torch.isfinite(res.weight).all())
     assert torch.equal(dequantize(res.codes, res.scale, res.zero, w.shape), res.weight)
-
-
-def lm_calib(n: int = 8, seed: int = 1) -> Calibration:
-    gen = torch.Generator().manual_seed(seed)
-    return Calibration(
-        batches=tuple(torch.randint(0, VOCAB, (4, 64), generator=gen) for _ in range(n))
-    )
-
-
-def plan(model: nn.Module, formats: list[str], **space_opts) -> Solution:  # noqa: ANN003
-    space = SearchSpace.from_model(model, formats, **space_opts)
-    choice = tuple(formats[i % len(formats)] for i in range(len(space)))
-    return Solution(space=space, choice=choice, status=Status.FEASIBLE)
 
 
 def test_apply_codes_restore_and_context_manager(tiny_llama) -> None:

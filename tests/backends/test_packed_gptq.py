@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from backend_helpers import VOCAB, lm_calib, plan
 from torch import nn
 
-from bitalloc import SearchSpace, Solution, Status, apply
+from bitalloc import Solution, apply
 from bitalloc.backends.packed import (
     PackedBackend,
     checkpoint_nbytes,
@@ -18,22 +19,6 @@ from bitalloc.backends.packed import (
     save_packed,
 )
 from bitalloc.backends.packed_linear import PackedLinear
-from bitalloc.search.calibration import Calibration
-
-VOCAB = 320  # tests/conftest.py TINY_VOCAB
-
-
-def lm_calib(n: int = 2, seed: int = 1) -> Calibration:
-    gen = torch.Generator().manual_seed(seed)
-    return Calibration(
-        batches=tuple(torch.randint(0, VOCAB, (4, 64), generator=gen) for _ in range(n))
-    )
-
-
-def plan(model: nn.Module, formats: list[str], **space_opts) -> Solution:  # noqa: ANN003
-    space = SearchSpace.from_model(model, formats, **space_opts)
-    choice = tuple(formats[i % len(formats)] for i in range(len(space)))
-    return Solution(space=space, choice=choice, status=Status.FEASIBLE)
 
 
 def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -63,7 +48,7 @@ def test_packed_from_gptq_equals_gptq_bit_for_bit(
     formats = CASES[case]
     sol = plan(tiny_llama, formats, channel_group=channel_group)
     assert set(sol.choice) == set(formats)
-    calib = lm_calib()
+    calib = lm_calib(2)
     float_model = copy.deepcopy(tiny_llama)
     gptq = copy.deepcopy(tiny_llama)
     apply(gptq, sol, "gptq", calib=calib)
@@ -95,7 +80,7 @@ def test_packed_from_gptq_equals_gptq_bit_for_bit(
 
 def test_gptq_packing_differs_from_rtn_and_takes_options(tiny_llama, tmp_path: Path) -> None:
     sol = plan(tiny_llama, ["int3-g32"])
-    calib = lm_calib()
+    calib = lm_calib(2)
     rtn = save_packed(tiny_llama, sol, tmp_path / "rtn.safetensors")
     gptq = save_packed(
         tiny_llama, sol, tmp_path / "g.safetensors", quantizer="gptq", calib=calib, act_order=True
