@@ -5,10 +5,12 @@ A reader never sees a half-written file and a failed write leaves the old file u
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -38,6 +40,19 @@ def _mode(target: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """Parse the JSON file ``path``; unreadable or invalid files raise ValueError naming
+    ``what`` ("plan", "frontier", ...) and the path."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {os.fspath(path)!r}: {e.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {os.fspath(path)!r} is not valid JSON: {e}") from None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write, atomic_write_text
+from ._io import atomic_write, atomic_write_text, read_json
 from .solution import Solution
 from .table import _jsonable
 
@@ -248,14 +248,7 @@ class Frontier:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Frontier:
         """Read a file written by :meth:`save`; malformed files raise ValueError."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"cannot read frontier {os.fspath(path)!r}: {e.strerror}") from None
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"frontier {os.fspath(path)!r} is not valid JSON: {e}") from None
+        return cls.from_dict(read_json(path, "frontier"))
 
 
 def _series(p: Solution) -> str:

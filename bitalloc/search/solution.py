@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_json
 from .formats import QuantFormat
 from .space import SearchSpace
 from .table import _jsonable
@@ -201,15 +201,7 @@ class Solution:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Solution:
         """Read a plan written by :meth:`save`; malformed files raise ValueError."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"cannot read plan {os.fspath(path)!r}: {e.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"plan {os.fspath(path)!r} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "plan"))
 
 
 def _num(x: float) -> float | None:

@@ -118,3 +118,13 @@ def spawn(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+@pytest.fixture(params=["journal", "sqlite", "postgres"])
+def storage_url(request, tmp_path) -> str:
+    """The same study on each storage: a journal file, SQLite, the test PostgreSQL server."""
+    if request.param == "journal":
+        return str(tmp_path / "s.journal")
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 's.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -83,15 +83,6 @@ def sample_objective(tiny_model_dir):
     return PlanObjective.from_config(cfg)
 
 
-@pytest.fixture(params=["journal", "sqlite", "postgres"])
-def storage_url(request, tmp_path) -> str:
-    if request.param == "journal":
-        return str(tmp_path / "s.journal")
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 's.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 def test_round_trip(storage_url, study_name, sample_objective, tiny_model_dir) -> None:
     """Create, run 3 sampled trials, reopen from a fresh storage object: config, params,
     values, user attributes and the plan JSON all come back, and the plan is the params."""

@@ -21,15 +21,6 @@ def _fast_objective(trial):
     return b, 1.0 / (1.0 + b)
 
 
-@pytest.fixture(params=["journal", "sqlite", "postgres"])
-def storage_url(request, tmp_path) -> str:
-    if request.param == "journal":
-        return str(tmp_path / "w.journal")
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'w.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 def test_threads_share_a_queue(storage_url, study_name) -> None:
     """Four workers, each with its own storage connection, race for 40 queued points."""
     import optuna
