@@ -29,7 +29,7 @@ def test_search_respects_budget_and_ties(tiny_llama, tiny_calib) -> None:
 
 def test_staged_api_matches_one_shot(tiny_llama, tiny_calib) -> None:
     space = ba.SearchSpace.from_model(tiny_llama, FORMATS, tie="auto")
-    table = ba.estimate(tiny_llama, space, tiny_calib, method="layer_error")
+    table = ba.estimate(tiny_llama, space, tiny_calib)  # the one-shot defaults: auto + rtn
     staged = ba.solve(table, ba.Budget.avg_bits(3.5), solver="ilp")
     one_shot = ba.search(tiny_llama, tiny_calib, ba.Budget.avg_bits(3.5), formats=FORMATS)
     assert staged.choice == one_shot.choice

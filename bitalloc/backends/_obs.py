@@ -8,15 +8,15 @@ rounding (or pruning) error ``e = (w_j - q_j) / U_jj`` is spread onto the column
 columns). SparseGPT (Frantar & Alistarh, ICML 2023, Alg. 1) uses the same loop and zeroes the
 weights with the smallest ``w^2 / U_jj^2`` before rounding them (joint pruning + quantization).
 
-Grid: scales/zeros follow :func:`bitalloc.kernels.reference.quantize` exactly (fp16 scale,
-integer zero point in ``[0, 2^b - 1]``), computed for each group from the current (already
-updated) weights when the group is reached, so the result is what a packed checkpoint with those
-codes and scales dequantizes to. Per-channel formats and ``act_order`` use scales computed from
-the original weights before the loop (with ``act_order`` the groups stay the plain consecutive
-column groups, "static groups"). Masks are exact: unstructured keeps a row-wise quota of exactly
-``pruned_per_row`` zeros per row (each block prunes, per row, the entries of the block among
-the row's ``remaining quota`` lowest scores over all columns not fixed yet); ``N:M`` zeroes
-exactly ``M - N`` of every ``M`` consecutive inputs.
+Grid: scales/zeros come from :func:`bitalloc.kernels.grid.fit_grid` (fp16 scale, integer zero point
+in ``[0, 2^b - 1]``; the clip search weighted by ``diag(H)``, or minmax), computed for each group
+from the current (already updated) weights when the group is reached, so the result is what a
+packed checkpoint with those codes and scales dequantizes to. Per-channel formats and ``act_order``
+use scales computed from the original weights before the loop (with ``act_order`` the groups stay
+the plain consecutive column groups, "static groups"). Masks are exact: unstructured keeps a row-
+wise quota of exactly ``pruned_per_row`` zeros per row (each block prunes, per row, the entries of
+the block among the row's ``remaining quota`` lowest scores over all columns not fixed yet);
+``N:M`` zeroes exactly ``M - N`` of every ``M`` consecutive inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels.reference import dequantize, quantize
+from ..kernels.grid import fit_grid
+from ..kernels.reference import dequantize
+from .quantizer import Quantized
 
 _DAMP_TRIES = 6  # damping grows x10 per failed Cholesky
 
@@ -40,23 +42,7 @@ class Factor:
     u: torch.Tensor  # float32 [K, K]
     perm: torch.Tensor | None  # processing order (act_order) or None for natural order
     damp: float  # the damping that succeeded (absolute)
-
-
-@dataclass(frozen=True)
-class ObsResult:
-    """One quantized/pruned weight block in the reference layout.
-
-    ``weight`` is float32 ``[N, K]``; ``codes``/``scale``/``zero`` follow
-    :func:`~bitalloc.kernels.reference.quantize` (``None`` for 16-bit float formats); ``keep``
-    is the boolean keep-mask ``[N, K]`` (``False`` where a weight was pruned, as
-    :func:`bitalloc.kernels.sparsity.prune_mask`; ``None`` when dense).
-    """
-
-    weight: torch.Tensor
-    codes: torch.Tensor | None
-    scale: torch.Tensor | None
-    zero: torch.Tensor | None
-    keep: torch.Tensor | None
+    diag: torch.Tensor  # float32 [K]: H's diagonal in the natural column order (grid importance)
 
 
 def hessian_factor(h: torch.Tensor, percdamp: float, act_order: bool) -> Factor:
@@ -67,6 +53,7 @@ def hessian_factor(h: torch.Tensor, percdamp: float, act_order: bool) -> Factor:
     rounded to nearest. ``damp = percdamp * mean(diag H')``, multiplied by 10 on each failure.
     """
     hd = h.detach().to(torch.float64).clone()
+    h_diag = torch.diagonal(hd).float().clone()
     diag = torch.diagonal(hd)
     dead = diag == 0
     diag[dead] = 1.0
@@ -81,7 +68,7 @@ def hessian_factor(h: torch.Tensor, percdamp: float, act_order: bool) -> Factor:
             if int(info) == 0:
                 up, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(low), upper=True)
                 if int(info) == 0 and bool(torch.isfinite(up).all()):
-                    return Factor(up.to(torch.float32), perm, damp)
+                    return Factor(up.to(torch.float32), perm, damp, h_diag)
             damp *= 10.0
     raise ValueError(
         f"the Hessian is not positive definite even with damping {damp / 10:.3g}; "
@@ -124,15 +111,28 @@ def obs_quantize(
     pruned_per_row: int = 0,
     n_m: tuple[int, int] | None = None,
     block_size: int = 128,
-) -> ObsResult:
+    search: bool = True,
+) -> Quantized:
     """GPTQ (dense) or SparseGPT (``pruned_per_row > 0`` or ``n_m``) on ``w`` ``[N, K]``.
 
     ``bits=16`` keeps floats (rounded to ``float_kind`` for the error feedback); it is only
     useful with sparsity. Sparse formats need ``factor.perm is None`` (natural order).
+    ``search``: fit each group's grid by the clip search weighted by ``diag(H)``
+    (:func:`bitalloc.kernels.grid.fit_grid`), else minmax.
     """
+    importance = factor.diag if search else None
     with _single_thread(w.device):
         return _obs_loop(
-            w, factor, bits, group_size, symmetric, float_kind, pruned_per_row, n_m, block_size
+            w,
+            factor,
+            bits,
+            group_size,
+            symmetric,
+            float_kind,
+            pruned_per_row,
+            n_m,
+            block_size,
+            importance,
         )
 
 
@@ -162,7 +162,8 @@ def _obs_loop(
     pruned_per_row: int,
     n_m: tuple[int, int] | None,
     block_size: int,
-) -> ObsResult:
+    importance: torch.Tensor | None,
+) -> Quantized:
     rows, cols = w.shape
     quant = bits != 16
     sparse = n_m is not None or pruned_per_row > 0
@@ -182,14 +183,14 @@ def _obs_loop(
     zero = None if symmetric else torch.empty(rows, n_groups, dtype=torch.int16, device=Wt.device)
     static = quant and (gs is None or perm is not None)
     if static:  # per-channel, or act_order's static groups: scales from the original weights
-        _, scale, zero = quantize(w.detach().float(), bits, gs, symmetric)
+        scale, zero = fit_grid(w.detach().float(), bits, gs, symmetric, importance)
     mask = torch.zeros(cols, rows, dtype=torch.bool, device=Wt.device) if sparse else None
     quota = torch.full((rows,), pruned_per_row, dtype=torch.long, device=Wt.device)
     region = math.lcm(n_m[1], gs) if n_m is not None and gs else (n_m[1] if n_m else None)
     step = _alignment(gs, region, block_size)
     orig = perm.tolist() if perm is not None else range(cols)
     half = torch.bfloat16 if (float_kind or "bf16") == "bf16" else torch.float16
-    grid = _Grid(scale, zero, bits, symmetric) if quant else None
+    grid = _Grid(scale, zero, bits, symmetric, importance, gs) if quant else None
     for i1 in range(0, cols, step):
         i2 = min(i1 + step, cols)
         W1, U1 = Wt[i1:i2].clone(), U[i1:i2, i1:i2]
@@ -229,23 +230,36 @@ def _obs_loop(
     W = Wt.t().contiguous()
     keep = ~mask.t() if mask is not None else None
     if not quant:
-        return ObsResult(W.to(half).float(), None, None, None, keep)
+        return Quantized(W.to(half).float(), None, None, None, keep)
     codes = encode(W, scale, zero)
-    return ObsResult(dequantize(codes, scale, zero, (rows, cols)), codes, scale, zero, keep)
+    return Quantized(dequantize(codes, scale, zero, (rows, cols)), codes, scale, zero, keep)
 
 
 class _Grid:
     """Current fp16 scales / integer zeros per group, and rounding onto that grid."""
 
-    def __init__(self, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, sym: bool):
+    def __init__(
+        self,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+        bits: int,
+        sym: bool,
+        importance: torch.Tensor | None = None,
+        group_size: int | None = None,
+    ):
         self.scale, self.zero = scale, zero
+        self.importance, self.group_size = importance, group_size
         self.qmax = (2 ** (bits - 1) - 1) if sym else (2**bits - 1)
         self.bits, self.sym = bits, sym
         self._cols: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def fit(self, wg: torch.Tensor, g: int) -> None:
         """Scale (and zero) of group ``g`` from its current weights ``wg`` ``[N, group]``."""
-        _, sg, zg = quantize(wg, self.bits, None, self.sym)
+        imp = None
+        if self.importance is not None and self.group_size is not None:
+            gs = self.group_size
+            imp = self.importance[g * gs : (g + 1) * gs]
+        sg, zg = fit_grid(wg, self.bits, None, self.sym, imp)
         self.scale[:, g] = sg[:, 0]
         if self.zero is not None and zg is not None:
             self.zero[:, g] = zg[:, 0]

@@ -2,6 +2,9 @@
 
 ``apply(model, solution) -> AppliedPlan``: the handle keeps what it needs to put the model back
 exactly (``handle.restore()``, or use it as a context manager).
+``quantized(model, space, calib) -> QuantizedWeights``: ``W_hat`` of every (unit, format) as
+``apply`` would build it, for the estimators and the EvoPress variant cache (one source of
+``W_hat``, so a table prices what the backend writes).
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
-from ..search.space import Unit
+from ..search.space import SearchSpace, Unit
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from .quantizer import Quantized, QuantizedWeights
 
 
 @runtime_checkable
@@ -32,9 +37,21 @@ class Backend(Protocol):
         """Quantize ``model`` in place according to ``solution``."""
         ...
 
+    def quantized(
+        self, model: nn.Module, space: SearchSpace, calib: Any = None
+    ) -> QuantizedWeights:
+        """``W_hat`` of every (unit, format) of ``space`` from ``model``'s current weights."""
+        ...
+
 
 class AppliedPlan:
-    """Handle of an applied plan; :meth:`restore` puts the original weights back bit-exactly."""
+    """Handle of an applied plan; :meth:`restore` puts the original weights back bit-exactly.
+
+    ``tensors`` maps unit names to their :class:`~bitalloc.backends.quantizer.Quantized`
+    codes/scales/zeros/masks when the backend ran with ``keep_codes=True`` (else empty).
+    """
+
+    tensors: dict[str, Quantized]
 
     def __init__(
         self,
@@ -48,6 +65,7 @@ class AppliedPlan:
         self._originals = originals
         self._restore_fn = restore_fn
         self.restored = False
+        self.tensors = {}
 
     def restore(self) -> nn.Module:
         """Undo the apply (idempotent) and return the model."""
@@ -95,3 +113,13 @@ def check_plan(model: nn.Module, solution: Solution) -> dict[str, nn.Module]:
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError("plan does not match the model: " + "; ".join(problems[:5]) + more)
     return found
+
+
+def restore_weights(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    """Copy the saved weights (layer FQN -> tensor) back into ``model``."""
+    import torch
+
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, w in originals.items():
+            modules[name].weight.copy_(w)

@@ -28,24 +28,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
-from ..search.space import Unit
+from ..search.space import SearchSpace, Unit
 from . import BACKENDS
-from .base import AppliedPlan, check_plan
+from .base import AppliedPlan, check_plan, restore_weights
+from .quantizer import Quantized
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ._obs import Factor, ObsResult
+    from ._obs import Factor
 
 log = logging.getLogger(__name__)
-
-
-class GptqPlan(AppliedPlan):
-    """Applied GPTQ plan; ``tensors`` maps unit names to their :class:`ObsResult` (codes,
-    fp16 scales, zero points, prune masks) when the backend ran with ``keep_codes=True``."""
-
-    tensors: dict[str, ObsResult]
+GRIDS = ("search", "minmax")
 
 
 @BACKENDS.register("gptq")
@@ -67,6 +62,9 @@ class GptqBackend:
         sequential: block-by-block inputs from the quantized prefix (see module doc);
             ``False`` collects all inputs from the float model in one pass.
         keep_codes: keep codes/scales/zeros/masks on the handle (for packing).
+        grid: ``"search"`` (default): each group's range by the clip search weighted by
+            ``diag(H)`` (:func:`bitalloc.kernels.grid.fit_grid`, the rtn backend's grid);
+            ``"minmax"``: the plain range (GPTQ's original grid).
     """
 
     name: ClassVar[str]
@@ -76,8 +74,11 @@ class GptqBackend:
     max_batches: int | None = None
     sequential: bool = True
     keep_codes: bool = False
+    grid: str = "search"
 
     def __post_init__(self) -> None:
+        if self.grid not in GRIDS:
+            raise ValueError(f"`grid` must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if (
             isinstance(self.percdamp, bool)
             or not isinstance(self.percdamp, (int, float))
@@ -113,7 +114,7 @@ class GptqBackend:
         modules = check_plan(model, solution)
         plan = self._layers(modules, solution)
         originals: dict[str, torch.Tensor] = {}
-        tensors: dict[str, ObsResult] = {}
+        tensors: dict[str, Quantized] = {}
 
         def quantize_layers(hessians: dict[str, torch.Tensor]) -> None:
             factors: dict[tuple[int, bool], Factor] = {}  # layers fed the same input share H
@@ -125,9 +126,9 @@ class GptqBackend:
         try:
             self._run(model, plan, batches, calib.forward, quantize_layers)
         except BaseException:
-            _restore(model, originals)
+            restore_weights(model, originals)
             raise
-        handle = GptqPlan(model, solution, originals, _restore)
+        handle = AppliedPlan(model, solution, originals, restore_weights)
         handle.tensors = tensors
         return handle
 
@@ -175,41 +176,103 @@ class GptqBackend:
         mod: nn.Module,
         entries: list[tuple[Unit, QuantFormat]],
         h: torch.Tensor,
-        tensors: dict[str, ObsResult],
+        tensors: dict[str, Quantized],
         factors: dict[tuple[int, bool], Factor],
     ) -> None:
         import torch
-
-        from ._obs import hessian_factor, obs_quantize
 
         weight = mod.weight
         with torch.no_grad():
             for unit, fmt in entries:
                 rows = slice(*unit.channels) if unit.channels is not None else slice(None)
                 w = weight[rows]
-                n_m = getattr(fmt, "n_m", None)
-                pruned = _pruned_per_row(fmt, w.shape[1])
-                if fmt.is_float and not pruned and n_m is None:
-                    w.copy_(w.detach().to(_half(fmt)).to(w.dtype))
-                    continue
-                order = self.act_order and not pruned and n_m is None
-                key = (id(h), order)
-                if key not in factors:
-                    factors[key] = hessian_factor(h.to(w.device), self.percdamp, order)
-                res = obs_quantize(
-                    w.float(),
-                    factors[key],
-                    fmt.bits,
-                    fmt.group_size,
-                    fmt.symmetric,
-                    float_kind=fmt.float_kind,
-                    pruned_per_row=0 if n_m is not None else pruned,
-                    n_m=n_m,
-                    block_size=self.block_size,
-                )
+                res = self.quantize_weight(w, fmt, h, factors)
                 w.copy_(res.weight.to(w.dtype))
                 if self.keep_codes:
                     tensors[unit.name] = res
+
+    def quantize_weight(
+        self,
+        w: torch.Tensor,
+        fmt: QuantFormat,
+        h: torch.Tensor,
+        factors: dict[tuple[int, bool], Factor],
+    ) -> Quantized:
+        """GPTQ/SparseGPT of one 2-D weight block in ``fmt`` given its layer's Hessian ``h``
+        (``factors`` caches the Cholesky factor of every ``h`` by identity)."""
+        from ._obs import hessian_factor, obs_quantize
+
+        n_m = getattr(fmt, "n_m", None)
+        pruned = _pruned_per_row(fmt, w.shape[1])
+        if fmt.is_float and not pruned and n_m is None:
+            return Quantized(w.detach().to(_half(fmt)).float(), None, None, None, None)
+        order = self.act_order and not pruned and n_m is None
+        key = (id(h), order)
+        if key not in factors:
+            factors[key] = hessian_factor(h.to(w.device), self.percdamp, order)
+        return obs_quantize(
+            w.detach().float(),
+            factors[key],
+            fmt.bits,
+            fmt.group_size,
+            fmt.symmetric,
+            float_kind=fmt.float_kind,
+            pruned_per_row=0 if n_m is not None else pruned,
+            n_m=n_m,
+            block_size=self.block_size,
+            search=self.grid == "search",
+        )
+
+    def quantized(self, model: nn.Module, space: SearchSpace, calib: Any = None) -> GptqWeights:
+        """GPTQ's ``W_hat`` of every (unit, format) of ``space``, from Hessians of the float
+        model's inputs (one calibration pass); equals ``apply`` with ``sequential=False``."""
+        return GptqWeights(self, model, space, calib)
+
+
+class GptqWeights:
+    """Per-(unit, format) GPTQ results on Hessians collected once from ``model`` as it is (the
+    float model): a plan-independent database (EvoPress's per-level layer database), so a
+    table prices GPTQ's own rounding. Not cached: each call runs GPTQ on that unit."""
+
+    def __init__(self, backend: GptqBackend, model: nn.Module, space: SearchSpace, calib: Any):
+        from torch import nn as tnn
+
+        from ..search.calibration import as_calibration
+        from ..sensitivity._blocks import n_batches
+        from ..sensitivity.base import unit_modules, unit_weight
+        from ._sequential import one_pass
+
+        if calib is None:
+            raise ValueError(
+                "`calib` is required for the gptq backend (it builds each layer's Hessian from "
+                "calibration inputs); pass calib=... or use backend='rtn'"
+            )
+        calib = as_calibration(calib)
+        modules = unit_modules(model, space)
+        for u in space.units:
+            if not isinstance(modules[u.name], tnn.Linear):
+                raise ValueError(
+                    f"gptq supports nn.Linear units only; {u.name!r} is "
+                    f"{type(modules[u.name]).__name__} (use backend='rtn' or exclude it)"
+                )
+        self.backend, self.space = backend, space
+        self._views = [unit_weight(modules[u.name], u) for u in space.units]
+        layers = {u.fqn: modules[u.name] for u in space.units}
+        batches = calib.batches[: n_batches(calib, backend.max_batches)]
+        self.hessians = one_pass(model, layers, batches, calib.forward)
+        self._factors: dict[tuple[int, bool], Factor] = {}
+
+    def get(self, index: int, key: str) -> Quantized:
+        import torch
+
+        unit = self.space.units[index]
+        if key not in unit.allowed:
+            raise ValueError(f"unit {unit.name!r} cannot take format {key!r}; {unit.allowed}")
+        fmt = self.space.formats[self.space.keys.index(key)]
+        with torch.no_grad():
+            return self.backend.quantize_weight(
+                self._views[index], fmt, self.hessians[unit.fqn], self._factors
+            )
 
 
 def _pruned_per_row(fmt: QuantFormat, cols: int) -> int:
@@ -223,12 +286,3 @@ def _half(fmt: QuantFormat) -> torch.dtype:
     import torch
 
     return torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16
-
-
-def _restore(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
-    import torch
-
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, w in originals.items():
-            modules[name].weight.copy_(w)

@@ -5,12 +5,11 @@ and save/load packed checkpoints (safetensors).
 holding only the packed tensors (codes, fp16 scales, zeros, sparse masks), so the model's weight
 memory is the plan's predicted bytes exactly (:attr:`Solution.nbytes`). Channel-slice units of
 one layer become row blocks of one ``PackedLinear``, each block in its own format.
-``handle.restore()`` puts the original modules back. ``quantizer="rtn"`` packs the float
-weights by round-to-nearest (:func:`~bitalloc.backends.packed_linear.pack_block`);
-``quantizer="gptq"`` runs the gptq backend (GPTQ / SparseGPT, ``keep_codes=True``) on the
-float model, packs its own codes, fp16 scales, zero points and keep-masks
-(:meth:`~bitalloc.backends.packed_linear.PackedLinear.from_quantized`), then restores the float
-weights: the storage layout and byte count are the same either way.
+``handle.restore()`` puts the original modules back. The codes come from the ``quantizer``
+backend (``"rtn"`` or ``"gptq"``) run with ``keep_codes=True`` on the float model: its own
+codes, fp16 scales, zero points and keep-masks are packed
+(:meth:`~bitalloc.backends.packed_linear.PackedLinear.from_quantized`), then the float
+weights are restored: the storage layout and byte count are the same either way.
 
 Checkpoint (:func:`save_packed` / :func:`load_packed`): a safetensors file holding only the
 packed unit tensors, named ``<layer FQN>.b<k>_<name>``, with the plan JSON in its metadata
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from ..search._io import atomic_write
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
-from ..search.space import Unit
+from ..search.space import SearchSpace, Unit
 from . import BACKENDS
 from .base import AppliedPlan, check_plan
 from .rtn import MASK_SCORES
@@ -51,14 +50,18 @@ QUANTIZERS = ("rtn", "gptq")
 class PackedBackend:
     """Packed storage for ``nn.Linear`` units (dense, sparse and 16-bit float formats).
 
+    The codes come from the ``quantizer`` backend run with ``keep_codes=True`` (its own
+    codes, fp16 scales, zero points and keep-masks are packed as they are, never
+    re-quantized), so a packed model computes exactly what that backend's fake-quant does.
+
     Args:
-        mask_score: how sparse formats choose the pruned weights: ``"magnitude"`` or
-            ``"wanda"`` (needs ``calib``); the same masks as the rtn backend (``"rtn"`` only:
-            SparseGPT chooses its own masks).
-        quantizer: ``"rtn"`` (round-to-nearest from the float weights) or ``"gptq"`` (GPTQ /
-            SparseGPT codes from the gptq backend; needs ``calib``).
-        quantizer_options: options of the gptq backend (``percdamp``, ``block_size``,
-            ``act_order``, ``max_batches``, ``sequential``); ``None`` for its defaults.
+        mask_score: how sparse formats choose the pruned weights (``quantizer="rtn"`` only):
+            ``"magnitude"`` or ``"wanda"`` (needs ``calib``); SparseGPT chooses its own masks.
+        quantizer: ``"rtn"`` (the rtn backend: clip-searched grid with ``calib``, minmax
+            without) or ``"gptq"`` (GPTQ / SparseGPT; needs ``calib``).
+        quantizer_options: options of the quantizer backend (rtn: ``grid``,
+            ``search_steps``, ``min_shrink``; gptq: ``percdamp``, ``block_size``,
+            ``act_order``, ``max_batches``, ``sequential``, ``grid``); ``None`` for defaults.
     """
 
     name: ClassVar[str]
@@ -71,68 +74,43 @@ class PackedBackend:
             raise ValueError(f"`mask_score` must be one of {MASK_SCORES}, got {self.mask_score!r}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"`quantizer` must be one of {QUANTIZERS}, got {self.quantizer!r}")
-        if self.quantizer == "rtn" and self.quantizer_options:
+        if self.quantizer == "gptq" and self.mask_score != "magnitude":
             raise ValueError(
-                f"`quantizer_options` {sorted(self.quantizer_options)} apply to "
-                "quantizer='gptq' only"
+                "`mask_score` applies to quantizer='rtn' only (gptq prunes with SparseGPT)"
             )
-        if self.quantizer == "gptq":
-            if self.mask_score != "magnitude":
-                raise ValueError(
-                    "`mask_score` applies to quantizer='rtn' only (gptq prunes with SparseGPT)"
-                )
-            self._gptq()  # unknown or bad options raise here, before any work
+        self.quantizer_backend()  # unknown or bad options raise here, before any work
 
-    def _gptq(self) -> Any:
+    def quantizer_backend(self) -> Any:
+        """The backend that makes the codes (with ``keep_codes=True``)."""
         opts = dict(self.quantizer_options or {})
-        if "keep_codes" in opts:
-            raise ValueError("`quantizer_options` cannot set keep_codes (packing needs the codes)")
-        return BACKENDS.get("gptq", keep_codes=True, **opts)
+        for reserved in ("keep_codes", "mask_score"):
+            if reserved in opts:
+                hint = "packing needs the codes" if reserved == "keep_codes" else "a field here"
+                raise ValueError(f"`quantizer_options` cannot set {reserved} ({hint})")
+        if self.quantizer == "rtn":
+            opts["mask_score"] = self.mask_score
+        return BACKENDS.get(self.quantizer, keep_codes=True, **opts)
 
     def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
         """2-D (``nn.Linear``) weights in any storable format; conv weights are refused."""
         return len(unit.shape) == 2 and fmt.supports(unit.shape)
 
+    def quantized(self, model: nn.Module, space: SearchSpace, calib: Any = None) -> Any:
+        """The quantizer backend's ``W_hat`` (a packed layer dequantizes to exactly these)."""
+        return self.quantizer_backend().quantized(model, space, calib)
+
     def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
+        """Quantize with the quantizer backend, pack its codes, swap in ``PackedLinear``s."""
         from .packed_linear import PackedLinear
 
         layers = plan_layers(model, solution)
-        if self.quantizer == "gptq":
-            return _swap(model, solution, self._from_gptq(model, solution, layers, calib))
-        norms: dict[str, Any] = {}
-        sparse = sorted(f for f, (_, b) in layers.items() if any(_sparse(k) for *_, k in b))
-        if self.mask_score == "wanda" and sparse:
-            if calib is None:
-                raise ValueError(
-                    "`calib` is required by the packed backend with mask_score='wanda'"
-                )
-            from ..sensitivity.owl import input_norms
-
-            norms = input_norms(model, sparse, calib)
-        built = {}
-        for fqn, (linear, blocks) in layers.items():  # pack everything before swapping
-            built[fqn] = PackedLinear.from_linear(linear, blocks, norms.get(fqn))
-        return _swap(model, solution, built)
-
-    def _from_gptq(
-        self, model: nn.Module, solution: Solution, layers: dict[str, Any], calib: Any
-    ) -> dict[str, PackedLinear]:
-        """GPTQ the float model in place, pack its kept codes, restore the float weights."""
-        from .packed_linear import PackedLinear
-
-        if calib is None:
-            raise ValueError(
-                "`calib` is required by the packed backend with quantizer='gptq' (GPTQ builds "
-                "each layer's Hessian from calibration inputs); pass calib=... or use "
-                "quantizer='rtn'"
-            )
         unit_of = {
             (u.fqn, (u.channels or (0, u.shape[0]))[0]): u.name for u in solution.space.units
         }
-        handle = self._gptq().apply(model, solution, calib=calib)
+        handle = self.quantizer_backend().apply(model, solution, calib=calib)
         try:
             kept = handle.tensors
-            return {
+            built = {
                 fqn: PackedLinear.from_quantized(
                     linear, blocks, [kept.get(unit_of[fqn, start]) for start, _, _ in blocks]
                 )
@@ -140,6 +118,7 @@ class PackedBackend:
             }
         finally:
             handle.restore()
+        return _swap(model, solution, built)
 
 
 def plan_layers(model: nn.Module, solution: Solution) -> dict[str, tuple[nn.Linear, list[Block]]]:
@@ -211,8 +190,9 @@ def save_packed(
 
     ``model`` is the float model (packed here by ``quantizer``, ``"rtn"`` or ``"gptq"``, see
     :class:`PackedBackend`; left untouched) or one the packed backend was applied to with this
-    plan (its tensors are written as they are). ``quantizer_options`` go to the gptq backend
-    (``percdamp``, ``act_order``, ...); ``quantizer="gptq"`` needs ``calib``.
+    plan (its tensors are written as they are). ``quantizer_options`` go to the quantizer
+    backend (rtn: ``grid``, ...; gptq: ``percdamp``, ``act_order``, ...);
+    ``quantizer="gptq"`` needs ``calib``, and rtn searches its grid when ``calib`` is given.
     """
     from safetensors.torch import save
 

@@ -14,9 +14,8 @@ by :meth:`QuantFormat.nbytes`, nothing else is stored for the weight):
 - 16-bit float: ``b{k}_weight`` bf16/fp16 ``[rows, cols]``; sparse: ``b{k}_values`` (kept
   weights, row-major) + ``b{k}_mask``.
 
-The dequantized weight equals the rtn backend's fake-quantized weight bit for bit
-(:meth:`PackedLinear.from_linear`), or the gptq backend's weight when packed from its kept codes
-(:meth:`PackedLinear.from_quantized`).
+The dequantized weight equals the fake-quantized weight of the backend whose kept codes were
+packed (rtn or gptq, :meth:`PackedLinear.from_quantized`) bit for bit.
 """
 
 from __future__ import annotations
@@ -53,23 +52,6 @@ def tensor_specs(fmt: QuantFormat, shape: tuple[int, int]) -> dict[str, tuple[tu
     if fmt.is_sparse:
         specs["mask"] = ((math.ceil(numel / 8),), torch.uint8)
     return specs
-
-
-def pack_block(w: torch.Tensor, fmt: QuantFormat, act_norms: Any = None) -> dict[str, Any]:
-    """Pack one 2-D weight block ``w`` in ``fmt`` (sparse: prune by magnitude, or Wanda when
-    ``act_norms`` is given, then round-to-nearest quantize the kept weights) -> buffer tensors."""
-    from ..kernels.reference import quantize
-    from ..kernels.sparsity import prune_mask
-
-    w = w.detach()
-    keep = None
-    if fmt.is_sparse:
-        keep = prune_mask(w, fmt.sparsity, fmt.n_m, act_norms=act_norms)
-        w = torch.where(keep.view(w.shape), w, torch.zeros((), dtype=w.dtype, device=w.device))
-    if fmt.is_float:
-        return pack_quantized(w, fmt, keep=keep)
-    q, scale, zero = quantize(w.float(), fmt.bits, fmt.group_size, fmt.symmetric)
-    return pack_quantized(w, fmt, q, scale, zero, keep)
 
 
 def pack_quantized(
@@ -168,24 +150,13 @@ class PackedLinear(nn.Module):
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
 
     @classmethod
-    def from_linear(
-        cls, linear: nn.Linear, blocks: Sequence[Block], act_norms: Any = None
-    ) -> PackedLinear:
-        """Pack ``linear.weight`` block by block (``act_norms``: Wanda input norms)."""
-        tensors: dict[str, torch.Tensor] = {}
-        for k, (start, stop, key) in enumerate(blocks):
-            packed = pack_block(linear.weight[start:stop], QuantFormat.parse(key), act_norms)
-            tensors.update({f"b{k}_{n}": t for n, t in packed.items()})
-        return cls(linear.in_features, linear.out_features, blocks, tensors, linear.bias)
-
-    @classmethod
     def from_quantized(
         cls, linear: nn.Linear, blocks: Sequence[Block], results: Sequence[Any]
     ) -> PackedLinear:
         """Pack precomputed codes block by block, e.g. GPTQ's (no re-quantization).
 
         ``results[k]`` belongs to ``blocks[k]``: an object with ``codes``, ``scale``, ``zero``
-        and ``keep`` attributes (:class:`bitalloc.backends._obs.ObsResult`), or ``None`` for a
+        and ``keep`` attributes (:class:`bitalloc.backends.quantizer.Quantized`), or ``None`` for a
         dense 16-bit float block. ``linear.weight`` must already hold the quantized weights
         (16-bit float blocks are stored from it).
         """

@@ -2,10 +2,11 @@
 
 EvoPress (Sieberling et al., ICML 2025, arXiv 2410.14649; algorithms.md section 1.1)
 compresses every unit at every level once and then scores configurations by swapping those
-tensors into the model. :class:`VariantCache` is that database: each variant is produced by the
-backend's own ``apply`` on a one-unit plan and read back, so a plan assembled from variants
-computes exactly what ``bitalloc.apply(model, plan, backend)`` does (same per-slice quantizer,
-sparsity masks included). It is never re-quantized afterwards.
+tensors into the model. :class:`VariantCache` is that database: each variant is the backend's
+own ``W_hat`` (:meth:`Backend.quantized`, whose statistics are collected once from the original
+weights), so a plan assembled from variants computes exactly what
+``bitalloc.apply(model, plan, backend, calib=calib)`` does (same grid, same sparsity masks; for
+gptq, ``apply`` with ``sequential=False``). It is never re-quantized afterwards.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class VariantCache:
     """Quantized copies of every unit's weight, one per (unit, format), built on first use.
 
     In memory (default) variants live next to the weights (same device and dtype). With
-    ``cache_dir`` every variant is a safetensors file
-    ``cache_dir/<model fingerprint>-<backend>-<options hash>/<unit>/<format>.safetensors``
+    ``cache_dir`` every variant is a safetensors file ``cache_dir/<model fingerprint>-<backend>-
+    <hash of the backend options and calibration>/<unit>/<format>.safetensors``
     (written atomically, read with ``safetensors.torch.load_file``; never pickle), read from
     disk whenever it is needed instead of being kept in memory, and reused by later runs.
 
@@ -73,10 +74,15 @@ class VariantCache:
 
             be = self.backend
             opts = dataclasses.asdict(be) if dataclasses.is_dataclass(be) else {}
+            if calib is not None:
+                from ..search.calibration import as_calibration
+
+                opts = {**opts, "calibration": as_calibration(calib).fingerprint()}
             tag = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode())
             name = f"{fingerprint(model)}-{type(self.backend).name}-{tag.hexdigest()[:8]}"
             self.root = Path(cache_dir) / name
         self.built = 0
+        self._source: Any = None
 
     def view(self, index: int) -> torch.Tensor:
         """The live weight (a view into the model) of unit ``index``."""
@@ -104,18 +110,11 @@ class VariantCache:
         return self._load(path, index)
 
     def _build(self, index: int, key: str) -> torch.Tensor:
-        """Apply the backend to a plan holding only this unit, read the weight, restore."""
-        from ..search.solution import Solution, Status
-
-        unit = dataclasses.replace(self.space.units[index], tie=None, allowed=(key,))
-        fmt = self.space.formats[self.space.keys.index(key)]
-        plan = Solution(
-            space=SearchSpace(units=(unit,), formats=(fmt,)),
-            choice=(key,),
-            status=Status.FEASIBLE,
-        )
-        with self.backend.apply(self.model, plan, calib=self.calib):
-            variant = self._views[index].detach().clone()
+        """The backend's ``W_hat`` of this unit (the model must hold its original weights)."""
+        if self._source is None:
+            self._source = self.backend.quantized(self.model, self.space, self.calib)
+        view = self._views[index]
+        variant = self._source.get(index, key).weight.to(device=view.device, dtype=view.dtype)
         self.built += 1
         return variant
 

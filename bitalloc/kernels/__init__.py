@@ -1,11 +1,13 @@
 """Kernels: plain tensor functions (a leaf package: knows no search types).
 
-``reference`` holds the pure-torch quantize/dequantize ops used on every device; they are the
-numerical oracle for the faster kernels: ``pack`` (bitstream layout, ``PackedWeight``),
-``matmul`` (dequant-matmul reference + dispatcher) and ``triton_dequant`` (Triton kernels,
-triton imported lazily).
+``grid`` fits each group's scale and zero point (minmax, or the activation-weighted clip
+search); ``reference`` holds the pure-torch quantize/dequantize ops used on every device; they
+are the numerical oracle for the faster kernels: ``pack`` (bitstream layout,
+``PackedWeight``), ``matmul`` (dequant-matmul reference + dispatcher) and ``triton_dequant``
+(Triton kernels, triton imported lazily).
 """
 
+from .grid import fit_grid, weighted_error
 from .matmul import available_impls, dequant_matmul, dequant_matmul_reference
 from .pack import PackedWeight, pack_bits, pack_weight, unpack_bits, unpack_weight
 from .reference import dequantize, fake_quantize, quantize
@@ -17,9 +19,11 @@ __all__ = [
     "dequant_matmul_reference",
     "dequantize",
     "fake_quantize",
+    "fit_grid",
     "pack_bits",
     "pack_weight",
     "quantize",
     "unpack_bits",
     "unpack_weight",
+    "weighted_error",
 ]

@@ -203,11 +203,16 @@ class PackedWeight:
 
 
 def pack_weight(
-    w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = False
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool = False,
+    importance: torch.Tensor | None = None,
 ) -> PackedWeight:
-    """Round-to-nearest quantize ``w`` (:func:`reference.quantize`) and pack it."""
+    """Quantize ``w`` (:func:`reference.quantize`: minmax, or the clip search when
+    ``importance`` is given) and pack it."""
     _check_bits(bits, tuple(range(2, 9)))
-    q, scale, zero = quantize(w, bits, group_size, symmetric)
+    q, scale, zero = quantize(w, bits, group_size, symmetric, importance)
     codes = q + 2 ** (bits - 1) if symmetric else q
     zeros = None if zero is None else pack_bits(zero, bits)
     return PackedWeight(pack_bits(codes, bits), scale, zeros, bits, group_size, tuple(w.shape))

@@ -111,19 +111,21 @@ def fake_quantize_sparse(
     n_m: tuple[int, int] | None = None,
     mask: torch.Tensor | None = None,
     act_norms: torch.Tensor | None = None,
+    importance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Prune then quantize-dequantize the kept weights (same shape and dtype as ``w``).
 
     Scales are computed from the pruned weight (pruned entries count as 0, which the grid
     always holds exactly), and pruned entries stay exactly 0. ``mask`` overrides the
-    magnitude/Wanda choice. Dense (``sparsity == 0`` and no ``n_m``) is
+    magnitude/Wanda choice; ``importance`` selects the clip-searched grid
+    (:func:`bitalloc.kernels.grid.fit_grid`). Dense (``sparsity == 0`` and no ``n_m``) is
     :func:`~bitalloc.kernels.reference.fake_quantize`.
     """
     if mask is None and not sparsity and n_m is None:
-        return fake_quantize(w, bits, group_size, symmetric, float_kind)
+        return fake_quantize(w, bits, group_size, symmetric, float_kind, importance)
     if mask is None:
         mask = prune_mask(w, sparsity, n_m, act_norms=act_norms)
     keep = mask.to(w.device)
     pruned = torch.where(keep, w.detach(), torch.zeros((), dtype=w.dtype, device=w.device))
-    q = fake_quantize(pruned, bits, group_size, symmetric, float_kind)
+    q = fake_quantize(pruned, bits, group_size, symmetric, float_kind, importance)
     return torch.where(keep, q, torch.zeros((), dtype=q.dtype, device=q.device))

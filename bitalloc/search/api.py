@@ -67,11 +67,16 @@ def estimate(
     calib: Calibration | Sequence[Any] | None = None,
     method: Any = DEFAULT_ESTIMATOR,
     *,
+    backend: Any = "rtn",
     cache_dir: str | os.PathLike[str] | None = None,
     callback: Any = None,
     **options: Any,
 ) -> SensitivityTable:
     """Score every (unit, format) pair of ``space`` with an estimator.
+
+    Every entry prices the ``W_hat`` that ``backend`` builds for that unit and format (the
+    rtn backend searches its grid when ``calib`` is given), so apply the plan with the same
+    backend and calibration.
 
     Args:
         model: the network whose units ``space`` names.
@@ -83,6 +88,7 @@ def estimate(
         cache_dir: when given, tables are cached there keyed by estimator options, model,
             calibration and space fingerprints; a second call loads instead of recomputing.
         callback: ``callback(done, total, description)`` progress reports.
+        backend: a registered backend name (``bitalloc.available("backend")``) or instance.
         **options: estimator options (its dataclass fields) when ``method`` is a name.
 
     Example:
@@ -94,18 +100,19 @@ def estimate(
     if method == "auto":
         method = auto_estimator(model, cal)
     est = _registry("estimator").resolve(method, **options)
+    be = _registry("backend").resolve(backend)
     if cal is None and getattr(est, "needs_calibration", False):
         raise ValueError(f"estimator {type(est).name!r} needs `calib` (calibration batches)")
     provenance = _provenance(model, cal)
     path = None
     if cache_dir is not None:
-        key = _cache_key(est, space, provenance)
+        key = _cache_key(est, be, space, provenance)
         path = Path(cache_dir) / "tables" / f"{type(est).name}-{key}.npz"
         if path.exists():
             log.info("sensitivity table cache hit: %s", path)
             return SensitivityTable.load(path)
     started = time.perf_counter()
-    table = est.estimate(model, space, cal, callback=callback)
+    table = est.estimate(model, space, cal, backend=be, callback=callback)
     meta = {**table.meta, **provenance, "estimate_time_s": round(time.perf_counter() - started, 3)}
     table = SensitivityTable(
         space=table.space, values=table.values, estimator=table.estimator, meta=meta
@@ -144,13 +151,15 @@ def _provenance(model: Any, calib: Calibration | None) -> dict[str, Any]:
     return meta
 
 
-def _cache_key(est: Any, space: SearchSpace, provenance: dict[str, Any]) -> str:
+def _cache_key(est: Any, backend: Any, space: SearchSpace, provenance: dict[str, Any]) -> str:
     import dataclasses
 
+    be_opts = dataclasses.asdict(backend) if dataclasses.is_dataclass(backend) else {}
     blob = json.dumps(
         {
             "estimator": type(est).name,
             "options": dataclasses.asdict(est),
+            "backend": [type(backend).name, be_opts],
             "space": space.fingerprint(),
             "model": provenance["model_fingerprint"],
             "calib": provenance.get("calibration"),
@@ -242,14 +251,33 @@ def as_budget(budget: Budget | float) -> Budget:
 def apply(
     model: nn.Module,
     solution: Solution,
-    backend: Any = "rtn",
+    backend: Any = None,
     *,
     calib: Calibration | Sequence[Any] | None = None,
     **options: Any,
 ) -> AppliedPlan:
-    """Quantize ``model`` in place per ``solution``; the handle's ``restore()`` undoes it."""
-    be = _registry("backend").resolve(backend, **options)
+    """Quantize ``model`` in place per ``solution``; the handle's ``restore()`` undoes it.
+
+    ``backend=None`` uses the backend the plan was priced with (``solution.meta["backend"]``,
+    see :func:`plan_backend`), else ``"rtn"``. Give the same ``calib`` as the search: the rtn
+    backend searches its grid on it, and falls back to minmax without it.
+    """
+    be = plan_backend(solution) if backend is None else backend
+    be = _registry("backend").resolve(be, **options)
     return be.apply(model, solution, calib=as_calibration(calib) if calib is not None else None)
+
+
+def plan_backend(solution: Solution) -> Any:
+    """The backend instance recorded in ``solution.meta["backend"]`` (name and options), or
+    the default rtn backend for a plan that records none."""
+    rec = solution.meta.get("backend")
+    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+        return _registry("backend").get("rtn")
+    opts = rec.get("options") or {}
+    if not isinstance(opts, dict):
+        raise ValueError(f"plan meta.backend.options must be an object, got {opts!r}")
+    opts = {k: v for k, v in opts.items() if k != "keep_codes"}
+    return _registry("backend").get(rec["name"], **opts)
 
 
 def export(
@@ -298,6 +326,7 @@ def search(
     include: Sequence[str] = (),
     exclude: Sequence[str] | None = None,
     tie: Sequence[str] | str | None = "auto",
+    backend: Any = "rtn",
     cache_dir: str | os.PathLike[str] | None = None,
     callback: Any = None,
     fitness: str = "auto",
@@ -319,9 +348,12 @@ def search(
     space = SearchSpace.from_model(
         model, formats, include=include, exclude=exclude, tie=tie, example_input=example
     )
-    table = estimate(model, space, cal, estimator, cache_dir=cache_dir, callback=callback)
+    be = _registry("backend").resolve(backend)
+    table = estimate(
+        model, space, cal, estimator, backend=be, cache_dir=cache_dir, callback=callback
+    )
     impl = _registry("solver").resolve(solver)
-    return solve_with_fitness(model, cal, table, budget, impl, fitness)
+    return solve_with_fitness(model, cal, table, budget, impl, fitness, backend=be)
 
 
 FITNESS = ("auto", "kl", "table")
@@ -334,9 +366,11 @@ def solve_with_fitness(
     budget: Budget | float,
     solver: Any,
     fitness: str = "auto",
+    *,
+    backend: Any = "rtn",
 ) -> Solution:
     """Solve with the table, or with the measured KL for a black-box solver (see
-    :func:`search` for ``fitness``)."""
+    :func:`search` for ``fitness``); the KL is measured on ``backend``'s variants."""
     if fitness not in FITNESS:
         raise ValueError(f"`fitness` must be one of {', '.join(FITNESS)}, got {fitness!r}")
     black = getattr(type(solver), "black_box", False)
@@ -351,5 +385,5 @@ def solve_with_fitness(
         return solve(table, budget, solver)
     from ..backends.kl_evaluator import KLEvaluator
 
-    with KLEvaluator(model, calib, table.space) as kl:
+    with KLEvaluator(model, calib, table.space, backend) as kl:
         return solve(table, budget, solver, evaluate=kl)

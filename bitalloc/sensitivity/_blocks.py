@@ -5,7 +5,7 @@
   ``transformer.h.3``, ...), found from module FQNs, never from hard-coded paths. A model
   without such a list (a plain ``nn.Sequential``) has no blocks.
 - :func:`unit_blocks` maps every unit to the block that owns it (or ``None``).
-- :func:`block_scaled_error` fills a table with ``score(block(u)) * ||Q_f(W_u) - W_u||_F^2 /
+- :func:`block_scaled_error` fills a table with ``score(block(u)) * ||W_hat_f(u) - W_u||_F^2 /
   ||W||_F^2``, where ``W`` is the unit's whole module weight, so the costs of a layer's channel
   slices add up to the layer's relative error. Units outside every block get the mean score
   of the blocks that have one, or ``1.0`` when there is none (the score then degenerates to the
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import Progress, unit_weight, weight_delta
+from .base import Deltas, Progress
 
 if TYPE_CHECKING:
     from torch import nn
@@ -73,6 +73,7 @@ def unit_blocks(space: SearchSpace, blocks: Iterable[str]) -> dict[str, str | No
 def block_scaled_error(
     space: SearchSpace,
     modules: Mapping[str, nn.Module],
+    deltas: Deltas,
     owner: Mapping[str, str | None],
     scores: Mapping[str, float],
     callback: Progress | None = None,
@@ -90,11 +91,10 @@ def block_scaled_error(
     for i, u in enumerate(space.units):
         block = owner.get(u.name)
         s = scores.get(block, fallback) if block is not None else fallback
-        w = unit_weight(modules[u.name], u)
         denom = max(float(modules[u.name].weight.detach().float().pow(2).sum()), 1e-30)
-        for j, fmt in enumerate(space.formats):
+        for j in range(len(space.formats)):
             if mask[i, j]:
-                values[i, j] = s * float(weight_delta(w, fmt).pow(2).sum()) / denom
+                values[i, j] = s * float(deltas(i, j).pow(2).sum()) / denom
         if callback is not None:
             callback(i + 1, len(space), description)
     return values, fallback

@@ -1,8 +1,10 @@
 """The Estimator protocol and helpers shared by estimators.
 
-``Estimator.estimate(model, space, calib) -> SensitivityTable``: ``values[i, j]`` predicts the
-loss increase when unit ``i`` alone is stored in format ``j``; solvers assume the increases add
-up over units.
+``Estimator.estimate(model, space, calib, *, backend) -> SensitivityTable``: ``values[i, j]``
+predicts the loss increase when unit ``i`` alone is stored in format ``j``; solvers assume the
+increases add up over units. Every ``dW = W_hat - W`` an estimator scores is the ``W_hat`` that
+``backend`` builds (:meth:`Backend.quantized`; default the rtn backend, clip-searched grid when
+``calib`` is given), so the table prices what ``apply`` will write.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
-
-from ..search.formats import QuantFormat
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +38,7 @@ class Estimator(Protocol):
         space: SearchSpace,
         calib: Calibration | None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable: ...
 
@@ -73,16 +74,52 @@ def unit_weight(module: nn.Module, unit: Unit) -> torch.Tensor:
     return w[start:stop]
 
 
-def weight_delta(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    """``Q(W) - W`` in float32 for format ``fmt`` (round-to-nearest reference quantizer;
-    sparse formats prune by magnitude first, so ``Q`` zeroes the pruned weights)."""
-    from ..kernels.sparsity import fake_quantize_sparse
+class Deltas:
+    """``dW = W_hat - W`` (float32, the unit's shape) of every (unit, format) of ``space``.
 
-    wf = w.detach().float()
-    q = fake_quantize_sparse(
-        wf, fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_kind, fmt.sparsity, fmt.n_m
-    )
-    return q - wf
+    ``W_hat`` comes from ``backend.quantized(model, space, calib)`` (a backend name or
+    instance; ``None`` = the rtn backend with its defaults), built on the first call from the
+    model's weights as they are then (so an estimator's own input checks run first).
+    ``deltas(i, j)`` is unit ``i`` in ``space.formats[j]``.
+    """
+
+    def __init__(
+        self, model: nn.Module, space: SearchSpace, calib: Calibration | None, backend: Any
+    ) -> None:
+        from ..backends import BACKENDS
+
+        self.backend = BACKENDS.resolve("rtn" if backend is None else backend)
+        self.model, self.space, self.calib = model, space, calib
+        self._source: Any = None
+        modules = unit_modules(model, space)
+        self._views = [unit_weight(modules[u.name], u) for u in space.units]
+
+    @property
+    def source(self) -> Any:
+        """The backend's :class:`~bitalloc.backends.quantizer.QuantizedWeights`."""
+        if self._source is None:
+            self._source = self.backend.quantized(self.model, self.space, self.calib)
+        return self._source
+
+    def weight(self, i: int, j: int) -> torch.Tensor:
+        """``W_hat`` of unit ``i`` in format ``j`` (float32)."""
+        return self.source.get(i, self.space.formats[j].key).weight
+
+    def __call__(self, i: int, j: int) -> torch.Tensor:
+        return self.weight(i, j) - self._views[i].detach().float()
+
+
+def backend_meta(deltas: Deltas) -> dict[str, Any]:
+    """``{"name": ..., "options": ...}`` of the backend that built a table's ``W_hat``."""
+    be = deltas.backend
+    opts = dataclasses.asdict(be) if dataclasses.is_dataclass(be) else {}
+    return {"name": type(be).name, "options": {k: _plain(v) for k, v in opts.items()}}
+
+
+def _plain(value: Any) -> Any:
+    import enum
+
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 def options(estimator: Any) -> dict[str, Any]:

@@ -10,9 +10,8 @@ channel-slice unit sums over its own rows, so the slices of a layer add up to th
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Progress, options, require_calibration, unit_modules, unit_weight, weight_delta
+from .base import Deltas, Progress, backend_meta, options, require_calibration, unit_modules
 
 if TYPE_CHECKING:
     import torch
@@ -60,13 +59,14 @@ class FisherEstimator:
         space: SearchSpace,
         calib: Calibration | None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
         import torch
 
         calib = require_calibration(calib, "fisher")
-        started = time.perf_counter()
         modules = unit_modules(model, space)
+        deltas = Deltas(model, space, calib, backend)
         n = n_batches(calib, self.max_batches)
         fisher = diagonal_fisher(model, modules, space, calib, n, callback)
         slot = weight_slot(modules, unique_weights(modules, space)[1])
@@ -74,16 +74,11 @@ class FisherEstimator:
         mask = space.mask
         for i, u in enumerate(space.units):
             f = unit_rows(fisher[slot[u.name]], u.channels)
-            w = unit_weight(modules[u.name], u)
-            for j, fmt in enumerate(space.formats):
+            for j in range(len(space.formats)):
                 if mask[i, j]:
-                    dw2 = weight_delta(w, fmt).square()
+                    dw2 = deltas(i, j).square()
                     values[i, j] = 0.5 * float((f * dw2).sum(dtype=torch.float64))
-        meta = {
-            "options": options(self),
-            "batches": n,
-            "time_s": round(time.perf_counter() - started, 3),
-        }
+        meta = {"options": options(self), "batches": n, "backend": backend_meta(deltas)}
         return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
 
 

@@ -45,7 +45,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Progress, options, require_calibration, unit_modules, unit_weight, weight_delta
+from .base import Deltas, Progress, backend_meta, options, require_calibration, unit_modules
 
 if TYPE_CHECKING:
     import torch
@@ -103,11 +103,13 @@ class HessianTraceEstimator:
         space: SearchSpace,
         calib: Calibration | None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
         calib = require_calibration(calib, "hessian_trace")
         started = time.perf_counter()
         modules = unit_modules(model, space)
+        deltas = Deltas(model, space, calib, backend)
         try:
             traces, stderr, info = self._traces(model, modules, space, calib, callback)
         except RuntimeError as err:
@@ -127,13 +129,13 @@ class HessianTraceEstimator:
         values = np.full((len(space), len(space.formats)), np.inf)
         mask = space.mask
         for i, u in enumerate(space.units):
-            w = unit_weight(modules[u.name], u)
             per_weight = max(traces[i], 0.0) / u.numel
-            for j, fmt in enumerate(space.formats):
+            for j in range(len(space.formats)):
                 if mask[i, j]:
-                    values[i, j] = per_weight * float(weight_delta(w, fmt).double().square().sum())
+                    values[i, j] = per_weight * float(deltas(i, j).double().square().sum())
         meta = {
             "options": options(self),
+            "backend": backend_meta(deltas),
             **info,
             "traces": {u.name: float(t) for u, t in zip(space.units, traces)},
             "trace_stderr": {u.name: float(e) for u, e in zip(space.units, stderr)},

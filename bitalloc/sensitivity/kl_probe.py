@@ -46,14 +46,21 @@ import numpy as np
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import n_batches
-from .base import Progress, options, require_calibration, unit_modules, unit_weight
+from .base import (
+    Deltas,
+    Progress,
+    backend_meta,
+    options,
+    require_calibration,
+    unit_modules,
+    unit_weight,
+)
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..search.calibration import Calibration
-    from ..search.formats import QuantFormat
     from ..search.space import SearchSpace
 
 Reference = list[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]]
@@ -81,12 +88,14 @@ class KlProbeEstimator:
         space: SearchSpace,
         calib: Calibration | None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
         calib = require_calibration(calib, "kl_probe")
         n = n_batches(calib, self.max_batches)
         started = time.perf_counter()
         modules = unit_modules(model, space)
+        deltas = Deltas(model, space, calib, backend)
         mask = space.mask
         total, done = int(mask.sum()), 0
         values = np.full(mask.shape, np.inf)
@@ -97,13 +106,15 @@ class KlProbeEstimator:
                     if not mask[i, j]:
                         continue
                     weight = unit_weight(modules[u.name], u).detach()
-                    values[i, j] = probe(model, calib, ref, weight, fmt, f"{u.name} @ {fmt.key}")
+                    q = deltas.weight(i, j)
+                    values[i, j] = probe(model, calib, ref, weight, q, f"{u.name} @ {fmt.key}")
                     done += 1
                     if callback is not None:
                         callback(done, total, "kl probe")
         values = monotone(np.maximum(values, 0.0), space)
         meta = {
             "options": options(self),
+            "backend": backend_meta(deltas),
             "forward_passes": n * (1 + total),
             "n_positions": int(sum(float(w.sum()) for _, _, w in ref)),
             "reference_bytes": int(sum(z.numel() * z.element_size() for z, _, _ in ref)),
@@ -208,22 +219,18 @@ def probe(
     calib: Calibration,
     ref: Reference,
     weight: torch.Tensor,
-    fmt: QuantFormat,
+    quantized: torch.Tensor,
     label: str = "unit",
 ) -> float:
-    """Mean KL to ``ref`` with ``weight`` (a tensor sharing the model's storage) quantized.
+    """Mean KL to ``ref`` with ``weight`` (a tensor sharing the model's storage) replaced by
+    ``quantized`` (its ``W_hat``).
 
     The weight is overwritten in place and restored bit-exactly in ``finally``.
     """
     import torch
 
-    from ..kernels.sparsity import fake_quantize_sparse
-
     original = weight.clone()
-    f = fmt
-    q = fake_quantize_sparse(
-        original.float(), f.bits, f.group_size, f.symmetric, f.float_kind, f.sparsity, f.n_m
-    )
+    q = quantized
     num, den = 0.0, 0.0
     try:
         weight.copy_(q.to(original.dtype))

@@ -22,13 +22,13 @@ import numpy as np
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from .base import (
+    Deltas,
     Progress,
+    backend_meta,
     options,
     require_calibration,
     require_linear,
     unit_modules,
-    unit_weight,
-    weight_delta,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class LayerErrorEstimator:
         space: SearchSpace,
         calib: Calibration | None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
         import torch
@@ -70,26 +71,27 @@ class LayerErrorEstimator:
         started = time.perf_counter()
         modules = unit_modules(model, space)
         require_linear(modules, "layer_error", "weight_error")
+        deltas = Deltas(model, space, calib, backend)
         hessians, tokens = collect_hessians(model, modules, calib, callback)
         values = np.full((len(space), len(space.formats)), np.inf)
         mask = space.mask
         with torch.no_grad():
             for i, u in enumerate(space.units):
-                w = unit_weight(modules[u.name], u)
                 h = hessians[u.name].float()
                 n_tokens = tokens[u.name]
                 # NMSE: tr(dW H dW^T) / tr(W H W^T) with W the whole layer, so the costs of a
                 # layer's channel slices add up to the layer's cost; raw: tr(dW H dW^T) / N
                 full = modules[u.name].weight.detach().float()
                 denom = float(_quad(full, h)) if self.normalize else n_tokens
-                for j, fmt in enumerate(space.formats):
+                for j in range(len(space.formats)):
                     if mask[i, j]:
-                        values[i, j] = float(_quad(weight_delta(w, fmt), h)) / max(denom, 1e-30)
+                        values[i, j] = float(_quad(deltas(i, j), h)) / max(denom, 1e-30)
                 if callback is not None:
                     callback(i + 1, len(space), "layer error")
         meta = {
             "options": options(self),
             "n_tokens": max(tokens.values()),
+            "backend": backend_meta(deltas),
             "time_s": round(time.perf_counter() - started, 3),
         }
         return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)

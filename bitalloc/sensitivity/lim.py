@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import block_scaled_error, find_blocks, n_batches, unit_blocks
-from .base import Progress, options, require_calibration, unit_modules
+from .base import Deltas, Progress, backend_meta, options, require_calibration, unit_modules
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +56,7 @@ class LimEstimator:
         space: SearchSpace,
         calib: Calibration | None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
         calib = require_calibration(calib, "lim")
@@ -68,9 +69,13 @@ class LimEstimator:
         missing = sorted({b for b in owner.values() if b is not None} - scores.keys())
         if missing:
             raise ValueError(f"the calibration forward never reached blocks {missing[:5]}")
-        values, fallback = block_scaled_error(space, modules, owner, scores, callback, "lim")
+        deltas = Deltas(model, space, calib, backend)
+        values, fallback = block_scaled_error(
+            space, modules, deltas, owner, scores, callback, "lim"
+        )
         meta = {
             "options": options(self),
+            "backend": backend_meta(deltas),
             "block_importance": {b: round(s, 8) for b, s in scores.items()},
             "fallback_importance": fallback,
             "forward_passes": n if blocks else 0,

@@ -17,7 +17,6 @@ bits never predict more loss even where round-to-nearest happens to be noisier.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,13 +27,13 @@ from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._grad import batch_loss, check_finite, grad_scope, n_batches, unique_weights
 from .base import (
+    Deltas,
     Progress,
+    backend_meta,
     options,
     require_calibration,
     require_linear,
     unit_modules,
-    unit_weight,
-    weight_delta,
 )
 
 if TYPE_CHECKING:
@@ -67,27 +66,24 @@ class OutputFisherEstimator:
         space: SearchSpace,
         calib: Calibration | None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
 
         calib = require_calibration(calib, "output_fisher")
-        started = time.perf_counter()
         modules = unit_modules(model, space)
         require_linear(modules, "output_fisher", "fisher")
+        deltas = Deltas(model, space, calib, backend)
         n = n_batches(calib, self.max_batches)
         raw = np.zeros((len(space), len(space.formats)))
         fqns = list(dict.fromkeys(u.fqn for u in space.units))  # modules, in space order
         with grad_scope(model, unique_weights(modules, space)[1]):
             for b in range(n):
-                _score_batch(model, modules, space, calib, b, fqns, raw)
+                _score_batch(model, modules, space, calib, b, fqns, raw, deltas)
                 if callback is not None:
                     callback(b + 1, n, "output fisher")
         values = monotone(raw / n, space)
-        meta = {
-            "options": options(self),
-            "batches": n,
-            "time_s": round(time.perf_counter() - started, 3),
-        }
+        meta = {"options": options(self), "batches": n, "backend": backend_meta(deltas)}
         return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
 
 
@@ -99,6 +95,7 @@ def _score_batch(
     b: int,
     fqns: list[str],
     acc: np.ndarray,
+    deltas: Deltas,
 ) -> None:
     """Add ``sum (dL/dY)^2 (x dW_f^T)^2`` of batch ``b`` to ``acc[unit, format]``."""
     import torch
@@ -132,15 +129,12 @@ def _score_batch(
             for g in grad_out[f]:
                 check_finite(g, f)
         for i, u in enumerate(space.units):
-            w = unit_weight(modules[u.name], u)
             rows = slice(*u.channels) if u.channels is not None else slice(None)
-            deltas = [
-                (j, weight_delta(w, fmt)) for j, fmt in enumerate(space.formats) if mask[i, j]
-            ]
+            dws = [(j, deltas(i, j)) for j in range(len(space.formats)) if mask[i, j]]
             for (x, _), g in zip(calls[u.fqn], grad_out[u.fqn]):
                 x2 = x.detach().reshape(-1, x.shape[-1]).float()
                 g2 = g.reshape(-1, g.shape[-1])[:, rows].float().square()
-                for j, dw in deltas:
+                for j, dw in dws:
                     dy2 = (x2 @ dw.to(x2.device).T).square()
                     acc[i, j] += float((g2 * dy2).sum(dtype=torch.float64))
 

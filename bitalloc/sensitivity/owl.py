@@ -36,41 +36,12 @@ OUTLIER_KEY = "outlier_ratios"
 def input_norms(model: nn.Module, fqns: Iterable[str], calib: Any) -> dict[str, torch.Tensor]:
     """L2 norm of every input feature of the ``nn.Linear`` modules ``fqns`` over ``calib``.
 
-    One forward pass per calibration batch (``calib.forward``); returns FQN -> float32 ``[in]``.
+    One forward pass per calibration batch (``calib.forward``); returns FQN -> float32 ``[in]``
+    (:func:`bitalloc.nn.input_moments`).
     """
-    import torch
-    from torch import nn
+    from ..nn import input_moments
 
-    from ..search.calibration import as_calibration
-
-    calib = as_calibration(calib)
-    fqns = list(fqns)
-    modules = dict(model.named_modules())
-    sums: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in fqns:
-        mod = modules.get(name)
-        if not isinstance(mod, nn.Linear):
-            kind = "missing" if mod is None else type(mod).__name__
-            raise ValueError(f"input norms need nn.Linear modules; {name!r} is {kind}")
-
-        def hook(_m: Any, args: tuple[Any, ...], name: str = name) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sq = x.square().sum(dim=0)
-            sums[name] = sq if name not in sums else sums[name] + sq
-
-        handles.append(mod.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for batch in calib.batches:
-                calib.forward(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in fqns if n not in sums]
-    if missing:
-        raise ValueError(f"calibration forward never reached {missing[:5]}")
-    return {n: s.sqrt().float() for n, s in sums.items()}
+    return {n: m.l2_norm for n, m in input_moments(model, fqns, calib, min_tokens=1).items()}
 
 
 def block_of(name: str) -> str:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Progress, options, unit_modules, unit_weight, weight_delta
+from .base import Deltas, Progress, backend_meta, options, unit_modules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,21 +42,26 @@ class WeightErrorEstimator:
         space: SearchSpace,
         calib: Calibration | None = None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
         started = time.perf_counter()
         modules = unit_modules(model, space)
+        deltas = Deltas(model, space, calib, backend)
         values = np.full((len(space), len(space.formats)), np.inf)
         mask = space.mask
         for i, u in enumerate(space.units):
-            w = unit_weight(modules[u.name], u)
             # relative to the whole layer so that channel slices add up to the layer's cost
             full = modules[u.name].weight.detach().float()
             denom = float(full.pow(2).sum()) if self.normalize else 1.0
-            for j, fmt in enumerate(space.formats):
+            for j in range(len(space.formats)):
                 if mask[i, j]:
-                    values[i, j] = float(weight_delta(w, fmt).pow(2).sum()) / max(denom, 1e-30)
+                    values[i, j] = float(deltas(i, j).pow(2).sum()) / max(denom, 1e-30)
             if callback is not None:
                 callback(i + 1, len(space), "weight error")
-        meta = {"options": options(self), "time_s": round(time.perf_counter() - started, 3)}
+        meta = {
+            "options": options(self),
+            "backend": backend_meta(deltas),
+            "time_s": round(time.perf_counter() - started, 3),
+        }
         return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import block_scaled_error, find_blocks, unit_blocks
-from .base import Progress, options, unit_modules
+from .base import Deltas, Progress, backend_meta, options, unit_modules
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +56,7 @@ class ZdEstimator:
         space: SearchSpace,
         calib: Calibration | None = None,
         *,
+        backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
         started = time.perf_counter()
@@ -69,9 +70,13 @@ class ZdEstimator:
                 w = modules[u.name].weight
                 weights.setdefault(block, {})[id(w)] = w
         scores = {b: self.score(list(ws.values()), b) for b, ws in weights.items()}
-        values, fallback = block_scaled_error(space, modules, owner, scores, callback, "zd")
+        deltas = Deltas(model, space, calib, backend)
+        values, fallback = block_scaled_error(
+            space, modules, deltas, owner, scores, callback, "zd"
+        )
         meta = {
             "options": options(self),
+            "backend": backend_meta(deltas),
             "block_score": {b: round(s, 8) for b, s in scores.items()},
             "fallback_score": fallback,
             "time_s": round(time.perf_counter() - started, 3),

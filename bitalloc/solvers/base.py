@@ -178,7 +178,7 @@ def provenance(
         "budget": budget.to_dict(),
         "solve_time_s": round(time.perf_counter() - started, 4),
     }
-    for key in ("model", "model_fingerprint", "calibration"):
+    for key in ("model", "model_fingerprint", "calibration", "backend"):
         if key in table.meta:
             meta[key] = table.meta[key]
     return meta

@@ -23,7 +23,7 @@ def mixed_plan(space: SearchSpace, shift: int = 0) -> Solution:
 def applied_kl(model, plan: Solution, calib, tokens: int | None = None) -> float:
     """Independent KL: an rtn-applied copy, float64 log-softmax, first ``tokens`` positions."""
     quant = copy.deepcopy(model)
-    apply(quant, plan, "rtn")
+    apply(quant, plan, "rtn", calib=calib)  # the evaluator builds its variants with calib
     num, den, left = 0.0, 0, tokens
     with torch.no_grad():
         for batch in calib.batches:
@@ -74,7 +74,7 @@ def test_session_keeps_swapped_weights_equal_to_apply_and_restores(tiny_llama, t
         applied = copy.deepcopy(before)
         ref = copy.deepcopy(tiny_llama)
         ref.load_state_dict(applied)
-        apply(ref, plans[-1], "rtn")
+        apply(ref, plans[-1], "rtn", calib=tiny_calib)
         for k, v in tiny_llama.state_dict().items():  # the last plan is in place, bit-exactly
             assert torch.equal(v, ref.state_dict()[k]), k
     assert inside == alone

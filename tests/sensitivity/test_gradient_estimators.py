@@ -9,11 +9,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitalloc import SearchSpace, estimate
+from bitalloc.backends.rtn import RtnBackend
 from bitalloc.kernels import fake_quantize
 from bitalloc.search.calibration import Calibration
 from bitalloc.search.formats import parse_formats
 from bitalloc.search.space import Unit
 from bitalloc.sensitivity.output_fisher import monotone
+
+# The hand computations below quantize with the minmax grid (fake_quantize without
+# importance), so the tables are priced with the minmax rtn backend.
+MINMAX = RtnBackend(grid="minmax")
+
+
+def estimate_minmax(*args, **options):  # noqa: ANN002, ANN003, ANN201
+    return estimate(*args, backend=MINMAX, **options)
+
 
 FORMATS = ["int2-g8", "int3-g8", "int4-g8", "int8-g8"]
 SPEC = [(2, 8), (3, 8), (4, 8), (8, 8)]
@@ -38,7 +48,7 @@ def deltas(w: torch.Tensor) -> list[torch.Tensor]:
 
 def test_fisher_matches_hand_computation() -> None:
     model, calib = linear_and_calib()
-    table = estimate(model, SearchSpace.from_model(model, FORMATS), calib, "fisher")
+    table = estimate_minmax(model, SearchSpace.from_model(model, FORMATS), calib, "fisher")
     w = model[0].weight
     grads = [torch.autograd.grad(calib.loss(model(x), x), w)[0] for x in calib.batches]
     fisher = torch.stack(grads).square().mean(0)
@@ -46,13 +56,15 @@ def test_fisher_matches_hand_computation() -> None:
     expected = [0.5 * float((fisher * d.square()).sum()) for d in deltas(w)]
     np.testing.assert_allclose(table.values[0], expected, rtol=1e-5)
     assert table.meta["batches"] == 3
-    two = estimate(model, SearchSpace.from_model(model, FORMATS), calib, "fisher", max_batches=2)
+    two = estimate_minmax(
+        model, SearchSpace.from_model(model, FORMATS), calib, "fisher", max_batches=2
+    )
     assert two.meta["batches"] == 2 and not np.allclose(two.values, table.values)
 
 
 def test_output_fisher_matches_hand_computation() -> None:
     model, calib = linear_and_calib()
-    table = estimate(model, SearchSpace.from_model(model, FORMATS), calib, "output_fisher")
+    table = estimate_minmax(model, SearchSpace.from_model(model, FORMATS), calib, "output_fisher")
     w = model[0].weight.detach()
     raw = np.zeros(len(SPEC))
     for x in calib.batches:
@@ -101,7 +113,7 @@ def exact_traces(model: nn.Module, calib: Calibration) -> list[float]:
 def test_hutchinson_trace_matches_exact_hessian_trace() -> None:
     model, calib = mlp_and_calib()
     space = SearchSpace.from_model(model, ["int4-g4"])
-    table = estimate(model, space, calib, "hessian_trace", max_probes=200, tol=0.0)
+    table = estimate_minmax(model, space, calib, "hessian_trace", max_probes=200, tol=0.0)
     assert table.meta["probes"] == 200
     got = [table.meta["traces"][n] for n in space.names]
     exact = exact_traces(model, calib)
@@ -111,8 +123,8 @@ def test_hutchinson_trace_matches_exact_hessian_trace() -> None:
         w = model[idx].weight.detach()
         err = float((fake_quantize(w, 4, 4) - w).square().sum())
         assert table.values[i, 0] == pytest.approx(got[i] / u.numel * err, rel=1e-5)
-    again = estimate(model, space, calib, "hessian_trace", max_probes=200, tol=0.0)
-    other = estimate(model, space, calib, "hessian_trace", max_probes=200, tol=0.0, seed=1)
+    again = estimate_minmax(model, space, calib, "hessian_trace", max_probes=200, tol=0.0)
+    other = estimate_minmax(model, space, calib, "hessian_trace", max_probes=200, tol=0.0, seed=1)
     assert np.array_equal(again.values, table.values)
     assert not np.array_equal(other.values, table.values)
 
@@ -120,12 +132,12 @@ def test_hutchinson_trace_matches_exact_hessian_trace() -> None:
 def test_hutchinson_stops_at_tolerance() -> None:
     model, calib = mlp_and_calib()
     space = SearchSpace.from_model(model, ["int4-g4"])
-    loose = estimate(model, space, calib, "hessian_trace", max_probes=50, tol=0.5).meta
+    loose = estimate_minmax(model, space, calib, "hessian_trace", max_probes=50, tol=0.5).meta
     assert loose["probes"] < 50 and loose["rel_change"] < 0.5
     assert loose["probe_time_s"] >= 0 and loose["batches"] == 1
     assert set(loose["trace_stderr"]) == set(space.names)
     with pytest.raises(ValueError, match="min_probes"):
-        estimate(model, space, calib, "hessian_trace", max_probes=2, min_probes=3)
+        estimate_minmax(model, space, calib, "hessian_trace", max_probes=2, min_probes=3)
 
 
 def test_negative_trace_is_clamped_and_listed(caplog) -> None:
@@ -133,7 +145,9 @@ def test_negative_trace_is_clamped_and_listed(caplog) -> None:
     concave = Calibration(
         batches=calib.batches, forward=calib.forward, loss=lambda o, b: -o.square().mean()
     )
-    table = estimate(model, SearchSpace.from_model(model, FORMATS), concave, "hessian_trace")
+    table = estimate_minmax(
+        model, SearchSpace.from_model(model, FORMATS), concave, "hessian_trace"
+    )
     assert table.meta["traces"]["0"] < 0 and table.meta["negative_trace_units"] == ["0"]
     assert (table.values == 0).all() and "clamped to 0" in caplog.text
 
@@ -150,8 +164,8 @@ def sliced_space(formats: list[str]) -> SearchSpace:
 @pytest.mark.parametrize("name", GRADIENT)
 def test_channel_slices_add_up_to_the_layer(name: str) -> None:
     model, calib = linear_and_calib()
-    whole = estimate(model, SearchSpace.from_model(model, FORMATS), calib, name)
-    sliced = estimate(model, sliced_space(FORMATS), calib, name)
+    whole = estimate_minmax(model, SearchSpace.from_model(model, FORMATS), calib, name)
+    sliced = estimate_minmax(model, sliced_space(FORMATS), calib, name)
     if name != "hessian_trace":
         np.testing.assert_allclose(sliced.values.sum(axis=0), whole.values[0], rtol=1e-5)
         return
@@ -170,7 +184,7 @@ def test_no_loss_is_reported(name: str) -> None:
     model, calib = linear_and_calib()
     no_loss = Calibration(batches=calib.batches, forward=lambda m, b: m(b))
     with pytest.raises(ValueError, match="calibration gives no loss: pass Calibration"):
-        estimate(model, SearchSpace.from_model(model, FORMATS), no_loss, name)
+        estimate_minmax(model, SearchSpace.from_model(model, FORMATS), no_loss, name)
 
 
 @pytest.mark.parametrize("name", GRADIENT)
@@ -184,12 +198,12 @@ def test_frozen_training_model_works_and_is_restored(name: str) -> None:
         loss=lambda o, b: o.square().mean(),
     )
     space = SearchSpace.from_model(model, FORMATS)
-    reference = estimate(model.eval(), space, calib, name).values
+    reference = estimate_minmax(model.eval(), space, calib, name).values
     model.train()
     model[2].bias.requires_grad_(True)
     for p in (model[0].weight, model[0].bias, model[2].weight):
         p.requires_grad_(False)
-    values = estimate(model, space, calib, name).values
+    values = estimate_minmax(model, space, calib, name).values
     np.testing.assert_array_equal(values, reference)  # evaluated in eval mode: dropout off
     assert model.training and model[1].training
     flags = [p.requires_grad for p in model.parameters()]
@@ -204,7 +218,7 @@ def test_nan_input_raises_instead_of_nan_table(name: str) -> None:
     bad[0, 0] = float("nan")
     nan_calib = Calibration(batches=(bad,), forward=calib.forward, loss=calib.loss)
     with pytest.raises(ValueError, match="non-finite loss on calibration batch 0"):
-        estimate(model, SearchSpace.from_model(model, FORMATS), nan_calib, name)
+        estimate_minmax(model, SearchSpace.from_model(model, FORMATS), nan_calib, name)
     flags = [p.requires_grad for p in model.parameters()]
     assert flags == [True, True]
 
@@ -219,7 +233,7 @@ def test_nan_gradient_is_reported(name: str) -> None:
         loss=lambda o, b: (o - o.detach()).square().sum().sqrt(),
     )
     with pytest.raises(ValueError, match="non-finite gradient for unit '0'"):
-        estimate(model, SearchSpace.from_model(model, FORMATS), sqrt0, name)
+        estimate_minmax(model, SearchSpace.from_model(model, FORMATS), sqrt0, name)
 
 
 def test_llama_next_token_loss_and_sdpa_hint(make_llama, tiny_calib) -> None:
@@ -232,10 +246,10 @@ def test_llama_next_token_loss_and_sdpa_hint(make_llama, tiny_calib) -> None:
         space = SearchSpace.from_model(model, ["int4-g32", "int8-g32"], tie="auto")
         if impl == "sdpa":
             with pytest.raises(ValueError, match='attn_implementation="eager"'):
-                estimate(model, space, calib, "hessian_trace", max_probes=2)
+                estimate_minmax(model, space, calib, "hessian_trace", max_probes=2)
             with pytest.raises(ValueError, match="calibration gives no loss"):
-                estimate(model, space, tiny_calib, "fisher")
+                estimate_minmax(model, space, tiny_calib, "fisher")
             continue
         for name, opts in zip(GRADIENT, ({}, {}, {"max_probes": 2})):
-            values = estimate(model, space, calib, name, **opts).values
+            values = estimate_minmax(model, space, calib, name, **opts).values
             assert np.isfinite(values).all() and (values >= 0).all()

@@ -10,12 +10,15 @@ import torch
 from torch import nn
 
 from bitalloc import SearchSpace, estimate
+from bitalloc.backends.rtn import RtnBackend
 from bitalloc.kernels import fake_quantize
 from bitalloc.search.calibration import Calibration
 from bitalloc.sensitivity import KlProbeEstimator, LimEstimator, ZdEstimator
 from bitalloc.sensitivity import kl_probe as kl_module
 from bitalloc.sensitivity._blocks import find_blocks, unit_blocks
 from bitalloc.sensitivity.kl_probe import monotone
+
+MINMAX = RtnBackend(grid="minmax")  # the hand computations use fake_quantize's minmax grid
 
 FORMATS = ["int2-g32", "int3-g32", "int4-g32", "int8-g32"]
 BITS = [2, 3, 4, 8]
@@ -73,7 +76,9 @@ class TestKlProbe:
     def test_equals_hand_kl(self, tiny_llama, tiny_calib) -> None:
         full = SearchSpace.from_model(tiny_llama, FORMATS)
         space = full.restrict([DOWN0, "model.layers.1.self_attn.v_proj"])
-        table = estimate(tiny_llama, space, tiny_calib, "kl_probe", max_batches=None)
+        table = estimate(
+            tiny_llama, space, tiny_calib, "kl_probe", max_batches=None, backend=MINMAX
+        )
         direct = np.array([hand_kl(tiny_llama, tiny_calib, DOWN0, b) for b in BITS])
         expected = np.minimum.accumulate(direct)  # running min from the narrowest
         i = space.names.index(DOWN0)
@@ -85,7 +90,7 @@ class TestKlProbe:
         space = SearchSpace.from_model(tiny_llama, ["int2-g32"], channel_group=16)
         name = f"{DOWN0}[16:32]"
         sub = space.restrict([name])
-        table = estimate(tiny_llama, sub, tiny_calib, "kl_probe", max_batches=2)
+        table = estimate(tiny_llama, sub, tiny_calib, "kl_probe", max_batches=2, backend=MINMAX)
         calib2 = Calibration(batches=tiny_calib.batches[:2])
         assert table.values[0, 0] == pytest.approx(
             hand_kl(tiny_llama, calib2, DOWN0, 2, rows=(16, 32)), rel=1e-4
@@ -138,7 +143,7 @@ class TestKlProbe:
 class TestLim:
     def test_importance_equals_hand_cosine(self, tiny_llama, tiny_calib) -> None:
         space = SearchSpace.from_model(tiny_llama, FORMATS, exclude=())
-        table = estimate(tiny_llama, space, tiny_calib, "lim", max_batches=1)
+        table = estimate(tiny_llama, space, tiny_calib, "lim", max_batches=1, backend=MINMAX)
         with torch.no_grad():
             hs = tiny_llama(input_ids=tiny_calib.batches[0], output_hidden_states=True)
         x_in, x_out = hs.hidden_states[0][0], hs.hidden_states[1][0]  # around model.layers.0
@@ -155,10 +160,11 @@ class TestLim:
 
     def test_without_blocks_equals_weight_error(self) -> None:
         model = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 8))
-        calib = Calibration(batches=(torch.randn(2, 64),), forward=lambda m, b: m(b))
+        calib = Calibration(batches=(torch.randn(32, 64),), forward=lambda m, b: m(b))
         space = SearchSpace.from_model(model, FORMATS)
         lim = estimate(model, space, calib, LimEstimator())
-        np.testing.assert_allclose(lim.values, estimate(model, space, None, "weight_error").values)
+        plain = estimate(model, space, calib, "weight_error").values  # same backend and calib
+        np.testing.assert_allclose(lim.values, plain)
         assert lim.meta["forward_passes"] == 0
 
     @pytest.mark.parametrize("method", ["lim", "kl_probe"])

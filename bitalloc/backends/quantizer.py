@@ -1,0 +1,93 @@
+"""The one quantizer: what a format becomes for one unit, and the per-unit source of ``W_hat``.
+
+:func:`quantize_unit` turns a float weight and a :class:`QuantFormat` into a
+:class:`Quantized` record (the dequantized weight plus the codes, fp16 scales, integer zero
+points and keep-mask a packed checkpoint stores). Every path that builds ``W_hat`` goes
+through it or through GPTQ's loop on the same grid: the rtn backend's ``apply``, the
+estimators' ``dW`` (:meth:`Backend.quantized`), the EvoPress variant cache, packed checkpoints.
+The grid is minmax, or the activation-weighted clip search of
+:func:`bitalloc.kernels.grid.fit_grid` when an importance vector (``E[x^2]`` of the layer's
+input) is given.
+
+:class:`QuantizedWeights` is what a backend hands out for a whole search space:
+``source.get(i, key)`` is unit ``i`` in format ``key``, exactly as ``apply`` would write it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..search.formats import QuantFormat
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """One unit's weight in one format.
+
+    ``weight`` is float32 of the unit's shape (pruned entries exactly 0); ``codes`` int16
+    ``[N, G, group]`` (signed when symmetric), ``scale`` fp16 ``[N, G]``, ``zero`` int16
+    ``[N, G]`` (``None`` when symmetric; all three ``None`` for 16-bit floats); ``keep`` the
+    boolean keep-mask of the unit's shape (``None`` when dense).
+    """
+
+    weight: torch.Tensor
+    codes: torch.Tensor | None
+    scale: torch.Tensor | None
+    zero: torch.Tensor | None
+    keep: torch.Tensor | None
+
+
+@runtime_checkable
+class QuantizedWeights(Protocol):
+    """``W_hat`` of every (unit, format) of a search space, as a backend builds it."""
+
+    def get(self, index: int, key: str) -> Quantized:
+        """Unit ``index`` of the space in format ``key``."""
+        ...
+
+
+def quantize_unit(
+    w: torch.Tensor,
+    fmt: QuantFormat,
+    *,
+    importance: torch.Tensor | None = None,
+    act_norms: torch.Tensor | None = None,
+    steps: int | None = None,
+    min_shrink: float | None = None,
+) -> Quantized:
+    """Quantize one unit's weight ``w`` ``[N, K, ...]`` in ``fmt``.
+
+    Sparse formats prune first (magnitude, or Wanda scores with ``act_norms``) and quantize
+    the kept weights, whose grid is fitted with the pruned entries at 0. ``importance``
+    (``[K']``) selects the clip-searched grid; ``steps``/``min_shrink`` tune it.
+    """
+    import torch
+
+    from ..kernels import grid
+    from ..kernels.sparsity import prune_mask
+
+    wf = w.detach().float()
+    keep = None
+    if fmt.is_sparse:
+        keep = prune_mask(wf, fmt.sparsity, fmt.n_m, act_norms=act_norms)
+        wf = torch.where(keep, wf, torch.zeros((), device=wf.device))
+    if fmt.is_float:
+        half = torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16
+        return Quantized(wf.to(half).float(), None, None, None, keep)
+    opts = {"steps": steps, "min_shrink": min_shrink}
+    q, scale, zero = grid.quantize(
+        wf,
+        fmt.bits,
+        fmt.group_size,
+        fmt.symmetric,
+        importance,
+        **{k: v for k, v in opts.items() if v is not None},  # type: ignore[arg-type]
+    )
+    weight = grid.decode(q, scale, zero).reshape(wf.shape)
+    if keep is not None:
+        weight = torch.where(keep, weight, torch.zeros((), device=weight.device))
+    return Quantized(weight, q, scale, zero, keep)
