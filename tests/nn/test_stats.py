@@ -29,7 +29,8 @@ def test_moments_equal_hand_computation(tiny_llama, tiny_calib) -> None:
 
 def test_too_short_calibration_names_the_layer(tiny_llama) -> None:
     short = Calibration(batches=(torch.randint(0, 320, (1, 5)),))
-    with pytest.raises(ValueError, match=r"layer 'model\.layers\.1\.mlp\.down_proj' saw 5 calibration tokens"):
+    want = r"layer 'model\.layers\.1\.mlp\.down_proj' saw 5 calibration tokens"
+    with pytest.raises(ValueError, match=want):
         input_moments(tiny_llama, [NAME, "model.layers.0.self_attn.q_proj"], short)
 
 
