@@ -43,6 +43,10 @@ class KLEvaluator:
         backend: backend name or instance that builds the variants (default ``"rtn"``); the
             KL equals that of ``bitalloc.apply(model, plan, backend, calib=calib)``.
         cache_dir: keep variants as safetensors files there instead of in memory.
+        replay: reuse the block outputs of recently scored plans for the blocks a plan shares
+            with them (:class:`~bitalloc.backends.replay.BlockReplay`; same KL bit for bit).
+        replay_plans: plans whose block outputs are kept per piece of data (each costs
+            ``4 * tokens * hidden * n_blocks`` bytes).
 
     Memory: reference logits are float32, ``4 * tokens * vocab`` bytes for the tokens used.
 
@@ -60,13 +64,19 @@ class KLEvaluator:
         backend: Any = "rtn",
         *,
         cache_dir: str | os.PathLike[str] | None = None,
+        replay: bool = True,
+        replay_plans: int = 3,
     ) -> None:
         from ..search.calibration import as_calibration
+        from .replay import BlockReplay
 
+        if not isinstance(replay, bool):
+            raise TypeError(f"`replay` must be a bool, got {replay!r}")
         self.model, self.calib = model, as_calibration(calib)
         self.variants = VariantCache(
             model, space, backend=backend, calib=self.calib, cache_dir=cache_dir
         )
+        self.replay = BlockReplay(model, space, replay_plans) if replay else None
         self.space = space
         self._installed: list[str | None] = [None] * len(space)  # None = original weight
         self._refs: dict[Piece, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -95,7 +105,11 @@ class KLEvaluator:
                 self._install(list(choice))
                 for p in pieces:
                     z_ref, lse, pos_w = self._refs[p]
-                    kl = kl_rows(z_ref, lse, self._logits(p))
+                    if self.replay is not None and self.replay.enabled:
+                        logits = self.replay.run(p, choice, lambda p=p: self._logits(p))
+                    else:
+                        logits = self._logits(p)
+                    kl = kl_rows(z_ref, lse, logits)
                     num += float((kl * pos_w.double()).sum())
                     den += float(pos_w.double().sum())
         finally:

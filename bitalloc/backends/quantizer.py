@@ -15,13 +15,19 @@ input) is given.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..search.formats import QuantFormat
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
+
+    from ..search.solution import Solution
+    from ..search.space import SearchSpace, Unit
 
 
 @dataclass(frozen=True)
@@ -91,3 +97,77 @@ def quantize_unit(
     if keep is not None:
         weight = torch.where(keep, weight, torch.zeros((), device=weight.device))
     return Quantized(weight, q, scale, zero, keep)
+
+
+class CachedWeights:
+    """A :class:`QuantizedWeights` that keeps every result it hands out (in memory), so the
+    table and the EvoPress variant cache of one search share one build of each variant."""
+
+    def __init__(self, source: QuantizedWeights) -> None:
+        self.source = source
+        self._memo: dict[tuple[int, str], Quantized] = {}
+
+    def get(self, index: int, key: str) -> Quantized:
+        hit = self._memo.get((index, key))
+        if hit is None:
+            hit = self._memo[(index, key)] = self.source.get(index, key)
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+
+class Prepared:
+    """A backend bound to one (model, space, calib) whose ``W_hat`` are built once and shared.
+
+    ``quantized`` returns the same :class:`CachedWeights` for that model, space and
+    calibration (by identity), so the estimator's table and the EvoPress variant cache of one
+    search price and swap the same tensors; anything else is delegated to ``backend``. The
+    shared variants are computed from the weights the model holds when first asked.
+    """
+
+    name: ClassVar[str] = "prepared"
+
+    def __init__(self, backend: Any, model: nn.Module, space: SearchSpace, calib: Any) -> None:
+        self.backend, self.model, self.space, self.calib = backend, model, space, calib
+        self._source: CachedWeights | None = None
+
+    @property
+    def source(self) -> CachedWeights:
+        if self._source is None:
+            self._source = CachedWeights(
+                self.backend.quantized(self.model, self.space, self.calib)
+            )
+        return self._source
+
+    def quantized(self, model: nn.Module, space: SearchSpace, calib: Any = None) -> Any:
+        if model is self.model and space == self.space and calib is self.calib:
+            return self.source
+        return self.backend.quantized(model, space, calib)
+
+    def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> Any:
+        return self.backend.apply(model, solution, calib=calib)
+
+    def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
+        return bool(self.backend.supports(unit, fmt))
+
+
+def base_backend(backend: Any) -> Any:
+    """The registered backend behind ``backend`` (unwraps :class:`Prepared`)."""
+    return backend.backend if isinstance(backend, Prepared) else backend
+
+
+def describe(backend: Any) -> dict[str, Any]:
+    """``{"name": ..., "options": {...}}`` of a backend (JSON-safe; what a plan records)."""
+    be = base_backend(backend)
+    opts = dataclasses.asdict(be) if dataclasses.is_dataclass(be) else {}
+    opts.pop("keep_codes", None)
+    return {"name": type(be).name, "options": {k: _plain(v) for k, v in opts.items()}}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -11,7 +11,6 @@ gptq, ``apply`` with ``sequential=False``). It is never re-quantized afterwards.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -71,15 +70,15 @@ class VariantCache:
         self.root: Path | None = None
         if cache_dir is not None:
             from ..models import fingerprint
+            from .quantizer import describe
 
-            be = self.backend
-            opts = dataclasses.asdict(be) if dataclasses.is_dataclass(be) else {}
+            opts = describe(self.backend)
             if calib is not None:
                 from ..search.calibration import as_calibration
 
                 opts = {**opts, "calibration": as_calibration(calib).fingerprint()}
             tag = hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode())
-            name = f"{fingerprint(model)}-{type(self.backend).name}-{tag.hexdigest()[:8]}"
+            name = f"{fingerprint(model)}-{opts['name']}-{tag.hexdigest()[:8]}"
             self.root = Path(cache_dir) / name
         self.built = 0
         self._source: Any = None

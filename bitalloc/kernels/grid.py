@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 
 FP16_TINY = 2.0**-24  # smallest positive fp16 (subnormal): scales never round to zero
-SEARCH_STEPS = 20
-MIN_SHRINK = 0.5
+SEARCH_STEPS = 16
+REFINE_STEPS = 8
+MIN_SHRINK = 0.25
 _IMPORTANCE_FLOOR = 1e-6
 
 
@@ -108,35 +109,56 @@ def fit_grid(
     *,
     steps: int = SEARCH_STEPS,
     min_shrink: float = MIN_SHRINK,
+    refine: int = REFINE_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scales (fp16 ``[N, G]``) and zero points (int16 ``[N, G]``, ``None`` if symmetric).
 
     Minmax without ``importance``; the activation-weighted clip search with it (see the
-    module doc). ``importance`` holds one weight per input column (``[K']``).
+    module doc): ``steps`` shrink factors evenly spaced on ``[min_shrink, 1]``, then
+    ``refine`` factors spread over one coarse step on either side of each group's best.
+    ``importance`` holds one weight per input column (``[K']``).
     """
     _check_bits(bits)
     g = grouped(w, group_size)
     lo, hi = _ranges(g, symmetric)
     if importance is None:
         return _scale_zero(lo, hi, bits, symmetric)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an int >= 1, got {steps!r}")
+    for name, value in (("steps", steps), ("refine", refine)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "steps"):
+            raise ValueError(f"`{name}` must be an int >= {int(name == 'steps')}, got {value!r}")
     if not 0.0 < min_shrink <= 1.0:
         raise ValueError(f"`min_shrink` must be in (0, 1], got {min_shrink!r}")
-    imp = check_importance(importance.to(g.device), g.shape[1] * g.shape[2]).reshape(
-        1, *g.shape[1:]
-    )
-    best_s, best_z = _scale_zero(lo, hi, bits, symmetric)
-    best_err = _error(g, best_s, best_z, bits, imp)
+    imp = check_importance(importance.to(g.device), g.shape[1] * g.shape[2])
+    imp = imp.reshape(1, *g.shape[1:])
+    best = _Best(g, lo, hi, bits, symmetric, imp)
     for a in torch.linspace(1.0, min_shrink, steps)[1:].tolist():
-        s, z = _scale_zero(lo * a, hi * a, bits, symmetric)
-        err = _error(g, s, z, bits, imp)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_s = torch.where(better, s, best_s)
-        if z is not None and best_z is not None:
-            best_z = torch.where(better, z, best_z)
-    return best_s, best_z
+        best.offer(torch.full_like(lo, a))
+    if refine and steps > 1:
+        step = (1.0 - min_shrink) / (steps - 1)
+        centre = best.alpha.clone()
+        for d in torch.linspace(-step, step, refine + 2)[1:-1].tolist():
+            best.offer((centre + d).clamp(min_shrink, 1.0))
+    return best.scale, best.zero
+
+
+class _Best:
+    """Per group, the lowest weighted error seen so far and its grid (starts at minmax)."""
+
+    def __init__(self, g, lo, hi, bits, symmetric, imp) -> None:  # noqa: ANN001
+        self.g, self.lo, self.hi, self.bits, self.sym, self.imp = g, lo, hi, bits, symmetric, imp
+        self.scale, self.zero = _scale_zero(lo, hi, bits, symmetric)
+        self.err = _error(g, self.scale, self.zero, bits, imp)
+        self.alpha = torch.ones_like(lo)
+
+    def offer(self, alpha: torch.Tensor) -> None:
+        s, z = _scale_zero(self.lo * alpha, self.hi * alpha, self.bits, self.sym)
+        err = _error(self.g, s, z, self.bits, self.imp)
+        better = err < self.err
+        self.err = torch.where(better, err, self.err)
+        self.scale = torch.where(better, s, self.scale)
+        self.alpha = torch.where(better, alpha, self.alpha)
+        if z is not None and self.zero is not None:
+            self.zero = torch.where(better, z, self.zero)
 
 
 def _error(
@@ -155,6 +177,7 @@ def quantize(
     *,
     steps: int = SEARCH_STEPS,
     min_shrink: float = MIN_SHRINK,
+    refine: int = REFINE_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(codes, scale, zero)`` of ``w`` on the grid of :func:`fit_grid`.
 
@@ -162,7 +185,14 @@ def quantize(
     ``zero`` int16 ``[N, G]`` or ``None``.
     """
     scale, zero = fit_grid(
-        w, bits, group_size, symmetric, importance, steps=steps, min_shrink=min_shrink
+        w,
+        bits,
+        group_size,
+        symmetric,
+        importance,
+        steps=steps,
+        min_shrink=min_shrink,
+        refine=refine,
     )
     return encode(grouped(w, group_size), scale, zero, bits), scale, zero
 

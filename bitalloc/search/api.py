@@ -154,12 +154,13 @@ def _provenance(model: Any, calib: Calibration | None) -> dict[str, Any]:
 def _cache_key(est: Any, backend: Any, space: SearchSpace, provenance: dict[str, Any]) -> str:
     import dataclasses
 
-    be_opts = dataclasses.asdict(backend) if dataclasses.is_dataclass(backend) else {}
+    from ..backends.quantizer import describe
+
     blob = json.dumps(
         {
             "estimator": type(est).name,
             "options": dataclasses.asdict(est),
-            "backend": [type(backend).name, be_opts],
+            "backend": describe(backend),
             "space": space.fingerprint(),
             "model": provenance["model_fingerprint"],
             "calib": provenance.get("calibration"),

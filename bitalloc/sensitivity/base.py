@@ -80,7 +80,8 @@ class Deltas:
     ``W_hat`` comes from ``backend.quantized(model, space, calib)`` (a backend name or
     instance; ``None`` = the rtn backend with its defaults), built on the first call from the
     model's weights as they are then (so an estimator's own input checks run first).
-    ``deltas(i, j)`` is unit ``i`` in ``space.formats[j]``.
+    ``deltas(i, j)`` is unit ``i`` in ``space.formats[j]``. A
+    :class:`~bitalloc.backends.quantizer.Prepared` backend shares its built variants.
     """
 
     def __init__(
@@ -111,15 +112,9 @@ class Deltas:
 
 def backend_meta(deltas: Deltas) -> dict[str, Any]:
     """``{"name": ..., "options": ...}`` of the backend that built a table's ``W_hat``."""
-    be = deltas.backend
-    opts = dataclasses.asdict(be) if dataclasses.is_dataclass(be) else {}
-    return {"name": type(be).name, "options": {k: _plain(v) for k, v in opts.items()}}
+    from ..backends.quantizer import describe
 
-
-def _plain(value: Any) -> Any:
-    import enum
-
-    return value.value if isinstance(value, enum.Enum) else value
+    return describe(deltas.backend)
 
 
 def options(estimator: Any) -> dict[str, Any]:

@@ -72,6 +72,8 @@ class EvoPressSolver:
             ends with exactly the plan of an uninterrupted one (given a deterministic
             ``evaluate``). ``generations`` may be raised to extend a finished run.
         callback: ``callback(done, total, "evopress")`` after every generation.
+        time_limit: seconds of evolution (after the start plan is scored) after which no new
+            generation is begun; the best plan so far is returned with status LIMIT.
 
     ``meta`` holds ``start``, ``start_objective``, ``start_fitness``, ``fitness``,
     ``history`` (parent fitness after each generation), ``evaluations``, ``fitness_source``
@@ -91,6 +93,7 @@ class EvoPressSolver:
     callback: Callable[[int, int, str], None] | None = field(
         default=None, compare=False, repr=False
     )
+    time_limit: float | None = None
 
     name: ClassVar[str]
     exact: ClassVar[bool] = False
@@ -111,6 +114,13 @@ class EvoPressSolver:
             raise ValueError(f"`checkpoint` must be a file path or None, got {self.checkpoint!r}")
         if self.callback is not None and not callable(self.callback):
             raise ValueError(f"`callback` must be callable or None, got {self.callback!r}")
+        limit = self.time_limit
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0
+        ):
+            raise ValueError(
+                f"`time_limit` must be a number of seconds >= 0 or None, got {limit!r}"
+            )
         object.__setattr__(self, "selection", _check_selection(self.selection))
 
     def options(self) -> dict[str, Any]:
@@ -139,7 +149,15 @@ class EvoPressSolver:
         if not (optimal and evaluate is None):  # nothing beats a proven table optimum
             run.evolve()
         meta = {**self._meta(table, budget, started), **run.summary(first)}
-        return make_solution(problem, table, budget, run.parent, Status.FEASIBLE, meta)
+        status = Status.LIMIT if run.stopped_early else Status.FEASIBLE
+        sol = make_solution(problem, table, budget, run.parent, status, meta)
+        if run.stopped_early:
+            msg = (
+                f"time limit {self.time_limit:g} s reached after {run.generation} of "
+                f"{self.generations} generations; best plan so far"
+            )
+            sol = dataclasses.replace(sol, message=msg)
+        return sol
 
     # ------------------------------------------------------------------ helpers
     def _start_plan(
@@ -209,7 +227,7 @@ class _Run:
         self.solver, self.problem, self.table, self.evaluate = solver, problem, table, evaluate
         self.ladders = Ladders.build(problem)
         identity = {**solver.options(), "evaluate": evaluate is not None}
-        for k in ("generations", "checkpoint"):
+        for k in ("generations", "checkpoint", "time_limit"):
             identity.pop(k)
         self.key = run_key(problem, identity)
         self.rng = np.random.default_rng(solver.seed)
@@ -217,6 +235,8 @@ class _Run:
         self.evaluations = 0
         self.generation = 0
         self.resumed_at: int | None = None
+        self.stopped_early = False
+        self.seconds: list[float] = []
 
     def fitness(self, choice: np.ndarray, tokens: int | None) -> float:
         """``evaluate(plan, tokens=tokens)``, or the table's predicted loss."""
@@ -247,9 +267,17 @@ class _Run:
         self.resumed_at = self.generation
 
     def evolve(self) -> None:
-        total = self.solver.generations
+        import time
+
+        total, limit = self.solver.generations, self.solver.time_limit
+        began = time.perf_counter()
         while self.generation < total:
+            if limit is not None and time.perf_counter() - began >= limit:
+                self.stopped_early = True
+                break
+            t0 = time.perf_counter()
             self.step()
+            self.seconds.append(round(time.perf_counter() - t0, 3))
             self.generation += 1
             self.history.append(self.parent_fit)
             if self.solver.checkpoint is not None:
@@ -294,6 +322,7 @@ class _Run:
             "history": list(self.history),
             "evaluations": self.evaluations,
             "generations_run": self.generation,
+            "seconds_per_generation": self.seconds,
             "fitness_source": "table" if self.evaluate is None else "evaluate",
             "resumed_at": self.resumed_at,
         }

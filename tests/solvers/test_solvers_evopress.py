@@ -131,6 +131,23 @@ def test_improves_a_non_additive_fitness_and_history_is_elitist() -> None:
     json.dumps(sol.meta)  # JSON-safe provenance
 
 
+def test_time_limit_returns_the_best_plan_so_far_with_status_limit() -> None:
+    table = random_table(21, n_units=14, formats=FORMATS4, ties=())
+    budget = budget_between(table, 0.5)
+    fit = interacting(table)
+    zero = EvoPressSolver(generations=40, offspring=8, time_limit=0).solve(
+        table, budget, evaluate=fit
+    )
+    assert zero.status is Status.LIMIT and zero.success and "time limit 0 s" in zero.message
+    assert zero.meta["generations_run"] == 0 and zero.meta["fitness"] == zero.meta["start_fitness"]
+    assert budget.residual(zero) >= 0
+    full = EvoPressSolver(generations=3, offspring=8, time_limit=3600).solve(
+        table, budget, evaluate=fit
+    )
+    assert full.status is Status.FEASIBLE and full.meta["generations_run"] == 3
+    assert len(full.meta["seconds_per_generation"]) == 3
+
+
 def test_table_fitness_from_uniform_start_improves_objective() -> None:
     table = random_table(5, n_units=16, formats=FORMATS4, ties=(3,), mask_prob=0.0)
     budget = budget_between(table, 0.3)
@@ -218,6 +235,8 @@ def test_uniform_start_falls_back_to_cheapest_plan() -> None:
         ({"selection": ((2, 64), (2, 128))}, "selection"),  # must end at 1 survivor
         ({"selection": ((1, 128), (1, 64))}, "selection"),  # tokens must not shrink
         ({"selection": ((1, 0),)}, "selection"),
+        ({"time_limit": -1}, "time_limit"),
+        ({"time_limit": "1m"}, "time_limit"),
     ],
 )
 def test_bad_options_raise_naming_them(options: dict[str, Any], name: str) -> None:
