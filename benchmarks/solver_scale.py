@@ -135,7 +135,7 @@ def ilp_vs_lagrangian(n: int, seed: int, mip_time: float) -> None:
     best = min(r[2].objective for r in rows)
     for name, opts, sol, wall in rows:
         m = sol.meta
-        backend = m.get("backend") or opts.get("method", "hull" if name != "ilp" else "-")
+        backend = m.get("mip_backend") or opts.get("method", "hull" if name != "ilp" else "-")
         if name == "ilp" and opts:
             backend += " (mip_rel_gap 1e-6)"
         bound = m.get("mip_gap", m.get("gap"))

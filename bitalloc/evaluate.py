@@ -38,7 +38,7 @@ def closest_uniform(solution: Solution) -> Solution | None:
 
 
 def _quantized_copy(
-    model: nn.Module, solution: Solution, backend: str, calib: Any = None
+    model: nn.Module, solution: Solution, backend: Any, calib: Any = None
 ) -> nn.Module:
     from .search.api import apply
 
@@ -56,11 +56,13 @@ def evaluate_plan(
     n_windows: int = 16,
     seq_len: int = 512,
     n_sentences: int = 256,
-    backend: str = "rtn",
+    backend: Any = None,
     calib: Any = None,
+    others: dict[str, Solution] | None = None,
     callback: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Score the reference, the plan and the closest uniform format.
+    """Score the reference, the plan, the closest uniform format and ``others`` (e.g. anchor
+    plans at the plan's bytes), all built by the same backend.
 
     Args:
         model: the reference model (left untouched; quantized copies are made).
@@ -70,8 +72,10 @@ def evaluate_plan(
             held-out sentences for encoders).
         n_windows, seq_len: held-out windows for causal LMs.
         n_sentences: held-out sentences for encoders.
-        backend, calib: how the plan and the uniform format are applied (``calib`` for
-            calibration-aware backends such as ``gptq``).
+        backend, calib: how every plan is built (default: the backend the plan records,
+            :func:`bitalloc.search.api.plan_backend`); give the calibration the plan was
+            searched with (the rtn backend searches its grid on it, gptq needs it).
+        others: more named plans of the same space to score.
 
     Returns:
         ``{"reference": {...}, "plan": {...}, "uniform": {...} | None}``; each holds
@@ -80,24 +84,34 @@ def evaluate_plan(
     """
     from .backends import check_plan
     from .models import task
+    from .search.api import plan_backend
 
     check_plan(model, solution)
+    if backend is None:
+        backend = plan_backend(solution)
+    others = dict(others or {})
+    reserved = {"reference", "plan", "uniform"} & set(others)
+    if reserved:
+        raise ValueError(f"`others` must not use the reserved names {sorted(reserved)}")
     uniform = closest_uniform(solution)
     candidates = {"plan": _quantized_copy(model, solution, backend, calib)}
     if uniform is not None:
         candidates["uniform"] = _quantized_copy(model, uniform, backend, calib)
+    for name, other in others.items():
+        candidates[name] = _quantized_copy(model, other, backend, calib)
     ref_bits = _reference_bits(model, solution)
     bits = {
         "reference": ref_bits,
         "plan": solution.avg_bits,
         "uniform": uniform.avg_bits if uniform else math.nan,
+        **{name: other.avg_bits for name, other in others.items()},
     }
     if task(model) == "causal_lm":
         scores = _lm_scores(model, tok, candidates, text, n_windows, seq_len, callback)
     else:
         scores = _encoder_scores(model, tok, candidates, text, n_sentences)
     out: dict[str, dict[str, Any]] = {}
-    for name in ("reference", "plan", "uniform"):
+    for name in ("reference", "plan", "uniform", *others):
         if name not in scores:
             out[name] = None  # type: ignore[assignment]
             continue

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 EXIT_BAD_INPUT = 2
-DEFAULT_FORMATS = "int2-g64,int3-g64,int4-g64,int8-g64"
+DEFAULT_FORMATS = ",".join(
+    ("int2-g64", "int3-pc", "int3-g64", "int4-pc", "int4-g64", "int5-g64", "int6-g64", "int8-pc")
+)  # = bitalloc.search.oneshot.DEFAULT_FORMATS (kept import-free; a test pins it)
 DEFAULT_ESTIMATOR = "auto"  # = bitalloc.search.api.DEFAULT_ESTIMATOR (kept import-free)
 ESTIMATOR_HELP = "registered name, or 'auto' (fisher for causal LMs, else weight_error; default)"
 
@@ -108,3 +110,43 @@ def read_text(path: str, flag: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise CliError(f"cannot read {flag} {path!r}: {e.strerror}") from None
+
+
+def cache_dir() -> Any:
+    from ..models import cache_dir as _cache_dir
+
+    return _cache_dir()
+
+
+def check_output(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work starts."""
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise CliError(f"{flag} {path!r} is a directory; give a file path")
+    if not parent.is_dir():
+        raise CliError(f"{flag} {path!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CliError(f"{flag} {path!r} is not writable")
+
+
+def plan_calibration(tok: Any, sol: Any, backend: Any, args: argparse.Namespace) -> Any:
+    """The calibration a plan was searched with (rebuilt from ``meta["calibration"]``), so
+    that its backend builds the same weights; without a record, ``args.n_samples`` windows
+    when the backend needs calibration (gptq), else ``None``."""
+    from ..data import calibration
+    from ..data.tokens import calibration_from_record
+
+    record = sol.meta.get("calibration")
+    if isinstance(record, dict):
+        try:
+            return calibration_from_record(tok, record)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    name = backend if isinstance(backend, str) else getattr(type(backend), "name", "")
+    if name in ("gptq",) or getattr(backend, "quantizer", "") == "gptq":
+        return calibration(tok, args.n_samples, args.seq_len)
+    return None

@@ -13,9 +13,11 @@ from ._common import (
     ESTIMATOR_HELP,
     CliError,
     budget_from,
+    cache_dir,
     check_name,
-    estimate_table,
+    check_output,
     load_model,
+    plan_calibration,
     progress,
     read_text,
 )
@@ -23,18 +25,22 @@ from ._common import (
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..data import calibration
-    from ..search.api import solve_with_fitness
     from ..search.formats import parse_formats
+    from ..search.oneshot import search_with_table
     from ..search.problem import Problem
     from ..search.solution import Status
-    from ..search.space import SearchSpace
-    from ..solvers import SOLVERS
 
     budget = budget_from(args)
     formats = parse_formats(args.formats)
-    for kind, name in (("estimator", args.estimator), ("solver", args.solver)):
-        check_name(kind, name)
+    check_name("estimator", args.estimator)
+    if args.solver is not None:
+        check_name("solver", args.solver)
+    if args.backend != "auto":
+        check_name("backend", args.backend)
     opts = _solver_options(args)
+    check_output(args.out, "--out")
+    if args.table:
+        check_output(args.table, "--table")
     model, tok = load_model(args.model)
     calib = (
         calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
@@ -42,26 +48,37 @@ def cmd_search(args: argparse.Namespace) -> int:
     tie = None if args.tie == "none" else ("auto" if args.tie == "auto" else args.tie.split(","))
     if args.channel_group is not None and args.tie == "auto":
         tie = None  # ties bind whole layers; channel groups split them
-    space = SearchSpace.from_model(
+    solver = None
+    if args.solver is not None:
+        from ..solvers import SOLVERS
+
+        solver = SOLVERS.get(args.solver, **opts)
+    table, sol = search_with_table(
         model,
-        formats,
+        calib,
+        budget,
+        formats=formats,
+        estimator=args.estimator,
+        solver=solver,
+        backend=args.backend,
+        effort=args.effort,
+        time_limit=args.time_limit,
         include=args.include or (),
         exclude=args.exclude,
-        channel_group=args.channel_group,
         tie=tie,
-        example_input=calib.batches[0] if calib else None,
+        channel_group=args.channel_group,
+        cache_dir=None if args.no_cache else cache_dir(),
+        callback=progress("search", args.quiet),
+        fitness=args.fitness,
+        seed=args.seed,
     )
-    table = estimate_table(model, space, calib, args)
     problem = Problem.build(table, budget)
-    if problem.max_cost() < budget.capacity_bits(space):
-        top = budget.from_bits(problem.max_cost(), space)
+    if problem.max_cost() < budget.capacity_bits(table.space):
+        top = budget.from_bits(problem.max_cost(), table.space)
         raise CliError(
             f"budget {budget.describe()} is above the maximum {top:.6g} of this "
             "search space (every unit at its largest format); lower it or add formats"
         )
-    sol = solve_with_fitness(
-        model, calib, table, budget, SOLVERS.get(args.solver, **opts), args.fitness
-    )
     if sol.status is Status.INFEASIBLE:
         raise CliError(sol.message)
     if args.table:
@@ -78,11 +95,16 @@ def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
 
     from ..solvers import SOLVERS
 
-    cls = SOLVERS.cls(args.solver)
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     flags = {"generations": args.generations, "offspring": args.offspring}
     flags["checkpoint"] = args.checkpoint
     opts = {k: v for k, v in flags.items() if v is not None}
+    if args.solver is None:
+        if opts:
+            bad = ", ".join(f"--{k}" for k in sorted(opts))
+            raise CliError(f"{bad} need --solver evopress (the default pipeline sets its own)")
+        return {}
+    cls = SOLVERS.cls(args.solver)
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     if set(opts) - fields:
         bad = ", ".join(f"--{k}" for k in sorted(set(opts) - fields))
         raise CliError(f"{bad} not valid for solver {args.solver!r}")
@@ -95,6 +117,7 @@ def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_plan
+    from ..search.api import plan_backend
     from ..search.solution import Solution
 
     sol = Solution.load(args.plan)
@@ -104,12 +127,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = None
     if args.text:
         text = read_text(args.text, "--text")
+    anchors = _anchor_plans(args, sol)
     model, tok = load_model(model_name)
-    calib = None
-    if args.backend == "gptq":  # calibration-aware: wikipedia-calib windows
-        from ..data import calibration
-
-        calib = calibration(tok, args.n_samples, args.seq_len)
+    backend = args.backend if args.backend is not None else plan_backend(sol)
+    calib = plan_calibration(tok, sol, backend, args)
     result = evaluate_plan(
         model,
         tok,
@@ -117,8 +138,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         text=text,
         n_windows=args.windows,
         seq_len=args.seq_len,
-        backend=args.backend,
+        backend=backend,
         calib=calib,
+        others=anchors,
         callback=progress("eval", args.quiet),
     )
     if args.json:
@@ -128,20 +150,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchor_plans(args: argparse.Namespace, sol: Any) -> dict[str, Any]:
+    """``--anchors`` solved on ``--table`` at exactly the plan's bytes."""
+    if not args.anchors:
+        return {}
+    if not args.table:
+        raise CliError("--anchors needs --table (the plan's sensitivity table, from search)")
+    from ..search.budget import Budget
+    from ..search.table import SensitivityTable
+    from ..solvers import SOLVERS
+
+    table = SensitivityTable.load(args.table)
+    if [u.name for u in table.space.units] != [u.name for u in sol.space.units]:
+        raise CliError(f"--table {args.table!r} is for another search space than the plan")
+    out = {}
+    for name in args.anchors.split(","):
+        check_name("solver", name)
+        anchor = SOLVERS.get(name).solve(table, Budget.bytes(sol.nbytes))
+        if anchor.success:
+            out[name] = anchor
+    return out
+
+
 def _json_default(x: Any) -> Any:
     return None if isinstance(x, float) and not math.isfinite(x) else str(x)
+
+
+_FIXED = ("reference", "plan", "uniform")
 
 
 def _eval_table(result: dict[str, Any]) -> str:
     lm = "ppl" in result["reference"]
     metric = f"{'ppl':>10} {'kl':>10}" if lm else f"{'fidelity':>10}"
     lines = [f"{'model':<10} {'format':<12} {'avg bits':>9} {metric}"]
-    for name in ("reference", "plan", "uniform"):
+    for name in ("reference", "plan", "uniform", *[k for k in result if k not in _FIXED]):
         r = result.get(name)
         if r is None:
             lines.append(f"{name:<10} (no uniform format fits under the plan's bits)")
             continue
         fmt = r.get("format", "float" if name == "reference" else "mixed")
+        name = name[:10]
         value = f"{r['ppl']:>10.4f} {r['kl']:>10.5f}" if lm else f"{r['fidelity']:>10.5f}"
         lines.append(f"{name:<10} {fmt:<12} {r['avg_bits']:>9.4f} {value}")
     return "\n".join(lines)
@@ -185,7 +233,28 @@ def register(sub: Any) -> None:
         default=DEFAULT_ESTIMATOR,
         help=ESTIMATOR_HELP,
     )
-    s.add_argument("--solver", default="ilp")
+    s.add_argument(
+        "--solver",
+        help="run this solver alone on the table (default: the measured pipeline: exact "
+        "solve, measured correction, EvoPress)",
+    )
+    s.add_argument(
+        "--backend",
+        default="auto",
+        help="what builds (and prices) the weights: auto (gptq with calibration, else rtn), "
+        "rtn, gptq",
+    )
+    s.add_argument(
+        "--effort",
+        choices=("fast", "default", "max"),
+        default="default",
+        help="how much the default pipeline measures (default: %(default)s)",
+    )
+    s.add_argument(
+        "--time-limit",
+        type=float,
+        help="seconds for the whole search; later stages stop, the best plan so far is kept",
+    )
     s.add_argument("--tie", default="auto", help="'auto', 'none' or comma-separated regexes")
     s.add_argument(
         "--channel-group",
@@ -221,8 +290,21 @@ def register(sub: Any) -> None:
     e.add_argument("--text", help="evaluate on this text file instead of held-out Wikipedia")
     e.add_argument("--windows", type=int, default=16, help="number of held-out windows")
     e.add_argument("--seq-len", type=int, default=512)
-    e.add_argument("--backend", default="rtn", help="how to apply the plans: rtn or gptq")
-    e.add_argument("--n-samples", type=int, default=16, help="gptq calibration windows")
+    e.add_argument(
+        "--backend", help="how to apply the plans (default: the backend the plan records)"
+    )
+    e.add_argument(
+        "--n-samples",
+        type=int,
+        default=16,
+        help="calibration windows when the plan records none and the backend needs them",
+    )
+    e.add_argument("--table", help="the plan's sensitivity table (search --table), for --anchors")
+    e.add_argument(
+        "--anchors",
+        help="comma-separated anchor solvers (nncf_ratio, mlx_threshold, llamacpp_km) solved on "
+        "--table at exactly the plan's bytes and evaluated beside it",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)

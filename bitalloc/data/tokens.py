@@ -194,3 +194,36 @@ def calibration(
     name = f"{label}:n={n_samples}:seq_len={seq_len}:seed={seed}"
     log.debug("calibration %s from %d tokens", name, len(ids))
     return Calibration(batches=batches, loss=next_token_loss, name=name)
+
+
+def calibration_from_record(tok: Any, record: Mapping[str, Any]) -> Calibration:
+    """Rebuild the calibration a table or plan recorded (``meta["calibration"]``: its name
+    ``"<corpus>:n=<n>:seq_len=<len>:seed=<seed>"`` and fingerprint) with :func:`calibration`.
+
+    Raises ``ValueError`` when the name is not of that form (custom batches or raw text) or
+    the rebuilt batches do not have the recorded fingerprint (another tokenizer or corpus).
+    """
+    import re
+
+    name = str(record.get("name", ""))
+    m = re.fullmatch(
+        r"(?P<corpus>[\w-]+):n=(?P<n>\d+):seq_len=(?P<seq>\d+):seed=(?P<seed>\d+)", name
+    )
+    if m is None or m["corpus"] not in corpus_names():
+        raise ValueError(
+            f"the recorded calibration {name!r} is not a built-in corpus sample; "
+            "pass the calibration options explicitly"
+        )
+    n_batches = int(record.get("batches", m["n"]))
+    n = int(m["n"])
+    batch_size = -(-n // n_batches) if n_batches else 1
+    calib = calibration(
+        tok, n, int(m["seq"]), corpus=m["corpus"], seed=int(m["seed"]), batch_size=batch_size
+    )
+    want = record.get("fingerprint")
+    if want is not None and calib.fingerprint() != want:
+        raise ValueError(
+            f"rebuilt calibration {name!r} has fingerprint {calib.fingerprint()}, the record "
+            f"says {want}: another tokenizer or corpus version"
+        )
+    return calib

@@ -1,7 +1,7 @@
 """Core types (formats, space, budget, table, solution, registry) and the facades.
 
 The package object is callable: ``bitalloc.search(model, calib, budget, ...)`` is the one-shot
-facade :func:`bitalloc.search.api.search` (a sub-package and a function cannot share the name
+facade :func:`bitalloc.search.oneshot.search` (a sub-package and a function cannot share the name
 ``bitalloc.search`` otherwise, since importing any ``bitalloc.search.*`` module binds it).
 """
 
@@ -32,7 +32,7 @@ __all__ = [
 
 class _CallableModule(types.ModuleType):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import search
+        from .oneshot import search
 
         return search(*args, **kwargs)
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from .budget import Budget
 from .calibration import Calibration, as_calibration
-from .formats import QuantFormat
 from .solution import Solution
 from .space import SearchSpace
 from .table import SensitivityTable
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from .frontier import Frontier
 
 log = logging.getLogger(__name__)
-DEFAULT_FORMATS = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
 # "auto": fisher for causal LMs with a calibration loss (its plans measured best per second of
 # estimation on SmolLM2, benchmarks/RESULTS.md), weight_error otherwise (data-free).
 DEFAULT_ESTIMATOR = "auto"
@@ -314,77 +312,3 @@ def export(
     if path is not None:
         atomic_write_text(path, exp.serialize(rendered))
     return rendered
-
-
-def search(
-    model: nn.Module,
-    calib: Calibration | Sequence[Any] | None,
-    budget: Budget | float,
-    *,
-    formats: Sequence[str | QuantFormat] = DEFAULT_FORMATS,
-    estimator: Any = DEFAULT_ESTIMATOR,
-    solver: Any = "ilp",
-    include: Sequence[str] = (),
-    exclude: Sequence[str] | None = None,
-    tie: Sequence[str] | str | None = "auto",
-    backend: Any = "rtn",
-    cache_dir: str | os.PathLike[str] | None = None,
-    callback: Any = None,
-    fitness: str = "auto",
-) -> Solution:
-    """One shot: discover the space, estimate sensitivities, solve under ``budget``.
-
-    ``fitness`` (black-box solvers only): ``"kl"`` optimises the measured KL to the reference
-    on the calibration tokens (:class:`~bitalloc.backends.kl_evaluator.KLEvaluator`, RTN
-    variants), ``"table"`` the table's predicted loss; ``"auto"`` is ``"kl"`` for solvers
-    built for an expensive fitness (``evopress``: multi-step selection on growing token
-    counts) when ``calib`` is given, else ``"table"`` (``optuna``/``nsga2`` defaults run
-    hundreds of candidates: pass ``fitness="kl"`` with a CPU-sized schedule).
-
-    Example:
-        >>> sol = bitalloc.search(model, calib, 3.0, estimator="layer_error", solver="ilp")
-    """
-    cal = as_calibration(calib) if calib is not None else None
-    example = cal.batches[0] if cal is not None else None
-    space = SearchSpace.from_model(
-        model, formats, include=include, exclude=exclude, tie=tie, example_input=example
-    )
-    be = _registry("backend").resolve(backend)
-    table = estimate(
-        model, space, cal, estimator, backend=be, cache_dir=cache_dir, callback=callback
-    )
-    impl = _registry("solver").resolve(solver)
-    return solve_with_fitness(model, cal, table, budget, impl, fitness, backend=be)
-
-
-FITNESS = ("auto", "kl", "table")
-
-
-def solve_with_fitness(
-    model: nn.Module,
-    calib: Calibration | None,
-    table: SensitivityTable,
-    budget: Budget | float,
-    solver: Any,
-    fitness: str = "auto",
-    *,
-    backend: Any = "rtn",
-) -> Solution:
-    """Solve with the table, or with the measured KL for a black-box solver (see
-    :func:`search` for ``fitness``); the KL is measured on ``backend``'s variants."""
-    if fitness not in FITNESS:
-        raise ValueError(f"`fitness` must be one of {', '.join(FITNESS)}, got {fitness!r}")
-    black = getattr(type(solver), "black_box", False)
-    if fitness == "kl" and (not black or calib is None):
-        raise ValueError(
-            "fitness='kl' needs a black-box solver (evopress, optuna, nsga2) and `calib`; "
-            f"got solver {type(solver).name!r}"
-            + ("" if calib is not None else " without calibration data")
-        )
-    auto = black and calib is not None and getattr(type(solver), "prefers_measured", False)
-    if fitness == "table" or (fitness == "auto" and not auto):
-        return solve(table, budget, solver)
-    from ..backends.kl_evaluator import KLEvaluator
-
-    with KLEvaluator(model, calib, table.space, backend) as kl:
-        return solve(table, budget, solver, evaluate=kl)

@@ -55,7 +55,7 @@ class IlpSolver:
     Above 1,000 binaries the heuristic plan (``lagrangian``'s LP rounding for a memory-only
     budget, else greedy) is checked first against the LP relaxation bound: when its gap is
     within ``mip_rel_gap`` it is returned as OPTIMAL without branch and bound (the proof a MIP
-    solver gives at its root node; ``meta["backend"]`` is then None). Per-channel tables with
+    solver gives at its root node; ``meta["mip_backend"]`` is then None). Per-channel tables with
     few distinct shapes are highly symmetric, and HiGHS may not close a 1e-4 gap there in a
     minute while the LP rounding is within 1e-5 (benchmarks/solver_scale.py).
 
@@ -106,18 +106,18 @@ class IlpSolver:
         best_value = best_value_choice(problem)
         if problem.fits(best_value):  # no row binds
             meta = provenance(self, table, budget, started)
-            meta.update(backend=None, n_binaries=n_bin, mip_gap=0.0)
+            meta.update(mip_backend=None, n_binaries=n_bin, mip_gap=0.0)
             return make_solution(problem, table, budget, best_value, Status.OPTIMAL, meta)
         backend = self._backend(n_bin)
         large = n_bin > AUTO_HIGHS_ABOVE
         alt, alt_name, bound = self._heuristic(problem, large)
         meta = provenance(self, table, budget, started)
-        meta.update(backend=backend, n_binaries=n_bin, lp_bound=bound)
+        meta.update(mip_backend=backend, n_binaries=n_bin, lp_bound=bound)
         if large and alt is not None:  # the MIP's root-node proof, without branch and bound
             gap = _gap(problem.total(alt)[0], bound)
             if gap <= self.mip_rel_gap:
                 meta.update(solver_status=f"{alt_name} plan within mip_rel_gap of the LP bound")
-                meta.update(backend=None, mip_bound=None, mip_gap=gap)
+                meta.update(mip_backend=None, mip_bound=None, mip_gap=gap)
                 return make_solution(problem, table, budget, alt, Status.OPTIMAL, meta)
         from pulp import PulpSolverError
 

@@ -55,7 +55,7 @@ def test_matches_brute_force(backend: str) -> None:
             best.choice,
         )
         assert budget.residual(sol) >= 0
-        assert sol.meta["backend"] == backend
+        assert sol.meta["mip_backend"] == backend
         assert sol.meta["lp_bound"] <= best.objective * (1 + 1e-12)
         assert 0.0 <= sol.meta["mip_gap"] <= 1e-4
 
@@ -64,7 +64,7 @@ def test_meta_and_not_binding() -> None:
     table = random_table(1, ties=(2, 2))
     sol = IlpSolver().solve(table, Budget.avg_bits(32.0))
     assert sol.status is Status.OPTIMAL and "not binding" in sol.message
-    assert sol.meta["backend"] is None
+    assert sol.meta["mip_backend"] is None
     assert sol.choice == oracle(table, Budget.avg_bits(32.0)).choice
     sol = IlpSolver().solve(table, budget_between(table, 0.5))
     n_bin = int(Problem.build(table, Budget.avg_bits(32.0)).allowed.sum())
@@ -95,9 +95,9 @@ def test_auto_backend_switches_to_scipy_for_large_problems(
 ) -> None:
     table = random_table(2)
     budget = budget_between(table, 0.4)
-    assert IlpSolver().solve(table, budget).meta["backend"] == "cbc"
+    assert IlpSolver().solve(table, budget).meta["mip_backend"] == "cbc"
     monkeypatch.setattr(ilp_module, "AUTO_HIGHS_ABOVE", 0)
-    assert IlpSolver().solve(table, budget).meta["backend"] == "scipy"
+    assert IlpSolver().solve(table, budget).meta["mip_backend"] == "scipy"
 
 
 def test_highs_requested_without_highspy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,7 +110,7 @@ def test_highs_requested_without_highspy(monkeypatch: pytest.MonkeyPatch) -> Non
     table = random_table(2)
     with pytest.raises(ValueError, match="backend.*highspy"):
         IlpSolver(backend="highs").solve(table, budget_between(table, 0.4))
-    assert IlpSolver().solve(table, budget_between(table, 0.4)).meta["backend"] == "cbc"
+    assert IlpSolver().solve(table, budget_between(table, 0.4)).meta["mip_backend"] == "cbc"
 
 
 @pytest.mark.parametrize(
@@ -246,9 +246,9 @@ def test_large_problems_take_the_lp_rounding_when_within_gap(
     exact = IlpSolver(backend="scipy", mip_rel_gap=0.0).solve(table, budget)
     monkeypatch.setattr(ilp_module, "AUTO_HIGHS_ABOVE", 0)
     sol = IlpSolver(mip_rel_gap=1e-2).solve(table, budget)
-    assert sol.status is Status.OPTIMAL and sol.meta["backend"] is None
+    assert sol.status is Status.OPTIMAL and sol.meta["mip_backend"] is None
     assert "lagrangian plan within mip_rel_gap" in sol.meta["solver_status"]
     assert sol.objective <= exact.objective * (1 + 1e-2) and sol.meta["mip_gap"] <= 1e-2
     forced = IlpSolver(mip_rel_gap=0.0).solve(table, budget)  # gap 0: the MIP runs
-    assert forced.meta["backend"] == "scipy"
+    assert forced.meta["mip_backend"] == "scipy"
     assert math.isclose(forced.objective, exact.objective, rel_tol=1e-9)
