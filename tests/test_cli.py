@@ -110,6 +110,9 @@ def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
         (["--avg-bits", "3", "--solver", "mip"], "unknown solver 'mip'"),
         (["--avg-bits", "3", "--include", "nothing.matches"], "search space is empty"),
         ([], "exactly one of --avg-bits or --bytes"),
+        (["--avg-bits", "3", "--backend", "awq"], "unknown backend 'awq'"),
+        (["--avg-bits", "3", "--time-limit", "-5"], "`time_limit` must be a number of seconds"),
+        (["--avg-bits", "3", "--generations", "5"], "--generations need --solver evopress"),
     ],
 )
 def test_search_bad_input_exits_2_and_writes_nothing(
@@ -127,6 +130,40 @@ def test_search_bad_input_exits_2_and_writes_nothing(
     assert main(args + extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_outputs_are_refused_before_the_search(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    # the model name does not exist: a refusal must come before any model is loaded
+    args = ["search", "--model", "no-such-model", "--avg-bits", "3", "-q"]
+    assert main([*args, "--out", str(folder)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main([*args, "--out", str(blocker / "plan.json")]) == 2
+    assert "cannot create files under" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "p.json"), "--table", str(folder)]) == 2
+    assert "--table" in capsys.readouterr().err
+
+
+def test_eval_anchors_at_the_plan_bytes(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, table = tmp_path / "plan.json", tmp_path / "table.npz"
+    extra = ["--avg-bits", "3.5", "--solver", "ilp", "--table", str(table)]
+    assert main(search_args(tiny_model_dir, out, *extra)) == 0
+    capsys.readouterr()
+    ev = ["eval", str(out), "--windows", "2", "--seq-len", "32", "--json", "-q"]
+    assert main([*ev, "--table", str(table), "--anchors", "nncf_ratio,mlx_threshold"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    plan_bits = res["plan"]["avg_bits"]
+    for anchor in ("nncf_ratio", "mlx_threshold"):
+        assert {"ppl", "kl"} <= set(res[anchor]) and res[anchor]["avg_bits"] <= plan_bits
+    assert main([*ev, "--anchors", "nncf_ratio"]) == 2
+    assert "--anchors needs --table" in capsys.readouterr().err
 
 
 def test_eval_rejects_corrupt_and_mismatched_plans(

@@ -12,9 +12,10 @@ block fed the outputs of the already quantized blocks before it; layers outside 
 then take their inputs from one pass of the partly quantized model. A model without such a
 list (any other ``nn.Module``), or ``sequential=False``, collects every layer's inputs from
 the float model in one pass. Channel-slice units (rows of one layer with different formats)
-are quantized row block by row block, each with its own format, from the layer's one ``H``
-(GPTQ is row-independent given ``H``). 16-bit float formats are a cast (dense) or SparseGPT
-without a grid (sparse). The result lies exactly on the reference grid
+take their rows of the layer quantized in their format from the layer's one ``H`` (GPTQ is
+row-independent given ``H``): each format used by a layer's slices is run once on the whole
+layer, so channel slices equal the ``quantized`` database. 16-bit float formats are a cast
+(dense) or SparseGPT without a grid (sparse). The result lies exactly on the reference grid
 (:func:`bitalloc.kernels.reference.dequantize` of the codes); with ``keep_codes`` the handle
 holds the codes, fp16 scales, zero points and masks per unit (``handle.tensors``).
 The algorithm is deterministic (no random component, so no seed).
@@ -182,11 +183,16 @@ class GptqBackend:
         import torch
 
         weight = mod.weight
+        full = weight.detach().clone()  # channel slices: whole-layer GPTQ per format, sliced
+        layer: dict[str, Quantized] = {}
         with torch.no_grad():
             for unit, fmt in entries:
-                rows = slice(*unit.channels) if unit.channels is not None else slice(None)
-                w = weight[rows]
-                res = self.quantize_weight(w, fmt, h, factors)
+                if unit.channels is None:
+                    w, res = weight, self.quantize_weight(weight, fmt, h, factors)
+                else:
+                    if fmt.key not in layer:
+                        layer[fmt.key] = self.quantize_weight(full, fmt, h, factors)
+                    w, res = weight[slice(*unit.channels)], rows_of(layer[fmt.key], unit.channels)
                 w.copy_(res.weight.to(w.dtype))
                 if self.keep_codes:
                     tensors[unit.name] = res
@@ -261,6 +267,8 @@ class GptqWeights:
         batches = calib.batches[: n_batches(calib, backend.max_batches)]
         self.hessians = one_pass(model, layers, batches, calib.forward)
         self._factors: dict[tuple[int, bool], Factor] = {}
+        self._layers = {u.fqn: modules[u.name].weight for u in space.units}
+        self._layer: tuple[str, dict[str, Quantized]] = ("", {})  # one layer's formats
 
     def get(self, index: int, key: str) -> Quantized:
         import torch
@@ -269,10 +277,29 @@ class GptqWeights:
         if key not in unit.allowed:
             raise ValueError(f"unit {unit.name!r} cannot take format {key!r}; {unit.allowed}")
         fmt = self.space.formats[self.space.keys.index(key)]
+        h = self.hessians[unit.fqn]
         with torch.no_grad():
-            return self.backend.quantize_weight(
-                self._views[index], fmt, self.hessians[unit.fqn], self._factors
-            )
+            if unit.channels is None:
+                return self.backend.quantize_weight(self._views[index], fmt, h, self._factors)
+            if self._layer[0] != unit.fqn:
+                self._layer = (unit.fqn, {})
+            done = self._layer[1]
+            if key not in done:  # the whole layer, as apply quantizes channel slices
+                w = self._layers[unit.fqn]
+                done[key] = self.backend.quantize_weight(w, fmt, h, self._factors)
+            return rows_of(done[key], unit.channels)
+
+
+def rows_of(res: Quantized, channels: tuple[int, int]) -> Quantized:
+    """Rows ``[start, stop)`` of a whole-layer result (GPTQ is row-independent given ``H``)."""
+    rows = slice(*channels)
+
+    def cut(t: Any) -> Any:
+        return None if t is None else t[rows]
+
+    return Quantized(
+        res.weight[rows], cut(res.codes), cut(res.scale), cut(res.zero), cut(res.keep)
+    )
 
 
 def _pruned_per_row(fmt: QuantFormat, cols: int) -> int:

@@ -100,8 +100,9 @@ def quantize_unit(
 
 
 class CachedWeights:
-    """A :class:`QuantizedWeights` that keeps every result it hands out (in memory), so the
-    table and the EvoPress variant cache of one search share one build of each variant."""
+    """A :class:`QuantizedWeights` that keeps the ``W_hat`` of every result it hands out (in
+    memory; codes, scales and masks are dropped), so the table and the EvoPress variant cache
+    of one search share one build of each variant. Pack from the backend's ``apply``."""
 
     def __init__(self, source: QuantizedWeights) -> None:
         self.source = source
@@ -110,7 +111,8 @@ class CachedWeights:
     def get(self, index: int, key: str) -> Quantized:
         hit = self._memo.get((index, key))
         if hit is None:
-            hit = self._memo[(index, key)] = self.source.get(index, key)
+            weight = self.source.get(index, key).weight
+            hit = self._memo[(index, key)] = Quantized(weight, None, None, None, None)
         return hit
 
     def __len__(self) -> int:

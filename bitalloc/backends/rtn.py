@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 MASK_SCORES = ("magnitude", "wanda")
-SEARCH_STEPS = 20  # = bitalloc.kernels.grid.SEARCH_STEPS (literal: importing kernels loads torch)
-MIN_SHRINK = 0.5  # = bitalloc.kernels.grid.MIN_SHRINK
+SEARCH_STEPS = 16  # = bitalloc.kernels.grid.SEARCH_STEPS (literal: importing kernels loads torch)
+MIN_SHRINK = 0.25  # = bitalloc.kernels.grid.MIN_SHRINK
 
 
 class Grid(str, enum.Enum):
@@ -55,8 +55,8 @@ class RtnBackend:
     Args:
         grid: ``"auto"`` (default: clip search with ``calib``, minmax without),
             ``"search"`` (needs ``calib``) or ``"minmax"``.
-        search_steps: shrink factors tried per group by the search (``linspace(1,
-            min_shrink, search_steps)``).
+        search_steps: coarse shrink factors tried per group by the search (``linspace(1,
+            min_shrink, search_steps)``, then 8 finer ones around the best).
         min_shrink: the smallest range factor the search tries, in (0, 1].
         mask_score: how sparse formats choose the pruned weights: ``"magnitude"`` (no
             calibration) or ``"wanda"`` (needs ``calib`` for the input-feature norms).

@@ -119,18 +119,21 @@ def cache_dir() -> Any:
 
 
 def check_output(path: str, flag: str) -> None:
-    """Refuse an output path that cannot be written, before any work starts."""
+    """Refuse an output path that cannot be written, before any work starts (missing folders
+    are fine when they can be created)."""
     import os
     from pathlib import Path
 
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise CliError(f"{flag} {path!r} is a directory; give a file path")
-    if not parent.is_dir():
-        raise CliError(f"{flag} {path!r}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+    if target.exists() and not os.access(target, os.W_OK):
         raise CliError(f"{flag} {path!r} is not writable")
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"{flag} {path!r}: cannot create files under {str(parent)!r}")
 
 
 def plan_calibration(tok: Any, sol: Any, backend: Any, args: argparse.Namespace) -> Any:

@@ -162,6 +162,7 @@ class LinearConstraint:
                 )
             coef = np.array([self.per_weight.get(k, 0.0) for k in keys])
         else:
+            assert self.per_bit is not None  # __post_init__: exactly one of the two is set
             coef = float(self.per_bit) * np.array([f.bits for f in space.formats], float)
         return np.where(mask, numel[:, None] * coef[None, :], np.inf)
 

@@ -8,8 +8,9 @@ width and/or of its unit's layer type (``q_proj``, ``down_proj``, ...):
     KL(plan) ~ sum_i c[bits(f_i)] * d[type(i)] * T[i, f_i]
 
 fitted to measured KLs ``y_p`` by non-negative least squares on relative errors
-``sum_p ((prediction_p - y_p) / y_p)^2``, with a ridge pull of every factor towards the single
-best common scale (so a bit width that few plans use keeps that scale instead of a wild value).
+``sum_p ((prediction_p - y_p) / y_p)^2``, with a relative ridge pull of every factor towards the
+single best common scale (so a bit width that few plans use keeps that scale instead of a wild
+value); the ridge strength is chosen by leave-one-out error.
 ``kind`` picks the model: ``"scale"`` (one factor: only rescales, the plan does not change),
 ``"bits"``, ``"type"`` or ``"bits+type"`` (the product, fitted by alternating NNLS);
 :func:`fit_correction` with ``kind="auto"`` keeps the one with the lowest leave-one-out error.
@@ -32,7 +33,7 @@ from .table import SensitivityTable
 
 KINDS = ("scale", "bits", "type", "bits+type")
 _SLICE = re.compile(r"\[\d+:\d+\]$")
-_RIDGES = (0.01, 0.1, 1.0)
+_RIDGES = (0.0, 0.001, 0.01, 0.1)
 
 
 def layer_type(name: str) -> str:
@@ -147,15 +148,16 @@ class _Features:
 
 
 def _nnls_ridge(a: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
-    """``argmin_{c >= 0} ||(a c - y) / y||^2 + lam * n * ||c - prior||^2``."""
+    """``argmin_{c >= 0} ||(a c - y) / y||^2 + lam * n * ||(c - prior) / prior||^2``."""
     from scipy.optimize import nnls
 
     w = 1.0 / y
     rows = a * w[:, None]
     n, k = a.shape
-    reg = np.sqrt(lam * n) * np.eye(k)
+    scale = np.where(prior > 0, prior, 1.0)
+    reg = np.sqrt(lam * n) * np.diag(1.0 / scale)
     aa = np.vstack([rows, reg])
-    bb = np.concatenate([np.ones(n), np.sqrt(lam * n) * prior])
+    bb = np.concatenate([np.ones(n), np.sqrt(lam * n) * prior / scale])
     return nnls(aa, bb, maxiter=50 * max(k, 1))[0]
 
 

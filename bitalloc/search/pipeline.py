@@ -268,7 +268,7 @@ def _evolve(
     steps = tuple((keep, min(tokens, run.tokens)) for keep, tokens in sched.selection)
     steps = steps[:-1] + ((1, run.tokens),)
     left = clock.left()
-    solver = SOLVERS.get(
+    solver: Any = SOLVERS.get(
         "evopress",
         generations=sched.generations,
         offspring=sched.offspring,

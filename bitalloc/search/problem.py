@@ -97,7 +97,7 @@ class Problem:
             members=tuple(members),
             capacity=budget.capacity_bits(space),
             n_units=len(space),
-            extra_costs=extra,
+            extra_costs=extra,  # type: ignore[arg-type]  # None -> no rows (__post_init__)
             extra_caps=np.array([c.limit for c in cons], dtype=np.float64),
             extra_names=tuple(c.name for c in cons),
             unit_group=group,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..search.registry import Registry
 from .base import Solver
 
-SOLVERS = Registry[Solver]("solver")
+SOLVERS: Registry[Solver] = Registry("solver")
 """Registered solvers by name: ``SOLVERS.get("ilp", time_limit_s=10)``."""
 
 # Importing the built-ins registers them (each module decorates its class with SOLVERS).

@@ -170,7 +170,8 @@ def provenance(
     """Standard ``meta`` of a solution: solver name and options, estimator, budget, time."""
     import dataclasses
 
-    opts = dataclasses.asdict(solver) if dataclasses.is_dataclass(solver) else {}
+    is_dc = dataclasses.is_dataclass(solver) and not isinstance(solver, type)
+    opts = dataclasses.asdict(solver) if is_dc else {}
     meta: dict[str, Any] = {
         "solver": type(solver).name,
         "solver_options": opts,

@@ -94,5 +94,5 @@ class BruteForceSolver:
                 best = cand
         if best[2] < 0:
             return None  # the rows are jointly unsatisfiable
-        digits = np.unravel_index(best[2], dims)
-        return np.array([options[g][int(d)] for g, d in enumerate(digits)], dtype=np.int64)
+        index = [int(d) for d in np.unravel_index(best[2], dims)]
+        return np.array([options[g][d] for g, d in enumerate(index)], dtype=np.int64)

@@ -99,6 +99,8 @@ class Nsga2Solver:
         if fitness is None:
             return infeasible(problem, table, budget, meta, NO_START)
         best = fitness.best()
+        if best is None:
+            return infeasible(problem, table, budget, meta, NO_START)
         meta.update(n_evaluations=fitness.n_evaluations, n_plans=len(fitness.archive))
         if evaluate is not None:
             meta.update(measured=fitness.measured(best))

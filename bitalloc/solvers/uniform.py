@@ -64,7 +64,7 @@ class UniformSolver:
         extra_ok = (extra <= problem.extra_caps[:, None]).all(axis=0)
         unit = "avg bits" if budget.kind.value == "avg_bits" else "bytes"
         if self.format is not None:
-            j = self._forced_index(space.keys, common)
+            j = self._forced_index(space.keys, np.asarray(common))
             msg = ""
             if totals[j] > problem.capacity:
                 need = budget.from_bits(float(totals[j]), space)
@@ -73,7 +73,9 @@ class UniformSolver:
                     f"above the budget {budget.describe(rows=False)}"
                 )
             elif not extra_ok[j]:
-                msg = f"format {space.keys[j]} for every unit breaks " + _broken(problem, extra, j)
+                msg = f"format {space.keys[j]} for every unit breaks " + _broken(
+                    problem, extra, int(j)
+                )
             if msg:
                 return self._infeasible(problem, table, budget, started, msg)
         else:
@@ -82,7 +84,7 @@ class UniformSolver:
                 msg = self._no_fit_message(problem, budget, totals, space)
                 if fits.any():
                     msg = "no single format for every unit meets every constraint: " + "; ".join(
-                        f"{space.keys[j]} breaks {_broken(problem, extra, j)}"
+                        f"{space.keys[j]} breaks {_broken(problem, extra, int(j))}"
                         for j in np.flatnonzero(fits)
                     )
                 return self._infeasible(problem, table, budget, started, msg)

@@ -1,0 +1,20 @@
+"""Defaults written twice (to keep imports light) agree."""
+
+from __future__ import annotations
+
+
+def test_rtn_search_defaults_are_the_kernel_defaults() -> None:
+    from bitalloc.backends import rtn
+    from bitalloc.kernels import grid
+
+    assert rtn.SEARCH_STEPS == grid.SEARCH_STEPS
+    assert rtn.MIN_SHRINK == grid.MIN_SHRINK
+    be = rtn.RtnBackend()
+    assert (be.search_steps, be.min_shrink) == (grid.SEARCH_STEPS, grid.MIN_SHRINK)
+
+
+def test_cli_default_formats_are_the_search_defaults() -> None:
+    from bitalloc.cli._common import DEFAULT_FORMATS
+    from bitalloc.search.oneshot import DEFAULT_FORMATS as API_FORMATS
+
+    assert DEFAULT_FORMATS == ",".join(API_FORMATS)
