@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/mypy bitalloc/search bitalloc/solvers --ignore-missing-imports --follow-imports=silent
 
 bench: install
-	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/anchors.py --budgets 3.0,int3-g64,int4-g64 --rows bitalloc,nncf_ratio,mlx_threshold,llamacpp_km,uniform,minmax-ilp --out runs/anchors3
 
 clean-cache:
 	rm -rf $${BITALLOC_CACHE_DIR:-$$HOME/.cache/bitalloc}

@@ -2,8 +2,8 @@
 
     import bitalloc as ba
     model, tok = ba.models.load("smollm2-135m")
-    calib = ba.data.calibration(tok, n_samples=32, seq_len=512)
-    sol = ba.search(model, calib, ba.Budget.avg_bits(3.0))
+    calib = ba.data.calibration(tok, n_samples=16, seq_len=512)
+    sol = ba.search(model, calib, ba.Budget.avg_bits(3.0))   # the default pipeline
 
 ``import bitalloc`` is light: torch, transformers and the solvers load on first use.
 """
@@ -27,6 +27,7 @@ _LAZY = {
     "Solution": "bitalloc.search.solution",
     "Frontier": "bitalloc.search.frontier",
     "Status": "bitalloc.search.solution",
+    "DEFAULT_FORMATS": "bitalloc.search.oneshot",
     "available": "bitalloc.search.api",
     "estimate": "bitalloc.search.api",
     "solve": "bitalloc.search.api",

@@ -73,6 +73,28 @@ def test_pack_writes_the_predicted_bytes(
     assert main(["pack", str(tmp_path / "missing.json"), "-o", str(out)]) == 2
 
 
+def test_pack_refuses_an_infeasible_plan_before_writing(
+    plan: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bitalloc.search.solution import Solution, Status
+
+    sol = Solution.load(plan)
+    bad = tmp_path / "infeasible.json"
+    Solution(
+        space=sol.space, choice=(), status=Status.INFEASIBLE, message="budget below the minimum"
+    ).save(bad)
+    out = tmp_path / "keep.safetensors"
+    out.write_bytes(b"an existing checkpoint")
+    capsys.readouterr()
+    assert main(["pack", str(bad), "--model", str(tiny_model_dir), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "status infeasible" in err and "budget below the minimum" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"an existing checkpoint"
+    assert main(["pack", str(plan), "--model", str(tiny_model_dir), "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
 def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = tmp_path / "user.txt"
     text.write_text("The quick brown fox jumps over the lazy dog near the river bank. " * 40)

@@ -41,6 +41,14 @@ def test_budget_syntax() -> None:
     assert parse_budgets("4,3, 2.5:3:0.5") == [2.5, 3.0, 4.0]
 
 
+@pytest.mark.parametrize("text", ["0:inf:1", "inf:inf:1", "3:4:nan", "inf", "2,-inf"])
+def test_non_finite_budgets_are_refused_naming_the_flag(text: str) -> None:
+    from bitalloc.cli._common import CliError
+
+    with pytest.raises(CliError, match="--budgets must be finite numbers"):
+        parse_budgets(text)
+
+
 def test_frontier_writes_json_csv_png_with_measured_kl(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

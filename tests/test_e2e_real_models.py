@@ -23,10 +23,12 @@ def test_search_apply_eval_on_smollm2(smollm2) -> None:
 
     model, tok = smollm2
     calib = ba.data.calibration(tok, n_samples=4, seq_len=128)
-    sol = ba.search(model, calib, 3.0)
-    assert sol.status is ba.Status.OPTIMAL and sol.avg_bits <= 3.0
+    sol = ba.search(model, calib, 3.0, effort="fast")
+    # the measured pipeline's plan is the best it measured, not a proven optimum of the table
+    assert sol.status in (ba.Status.OPTIMAL, ba.Status.FEASIBLE) and sol.avg_bits <= 3.0
+    assert sol.meta["pipeline"]["effort"] == "fast"
     assert len(sol.space) == 210 and len(sol.space.tie_groups()) == 60  # qkv + gate/up x 30
-    res = evaluate_plan(model, tok, sol, n_windows=2, seq_len=256)
+    res = evaluate_plan(model, tok, sol, n_windows=2, seq_len=256, calib=calib)
     assert res["uniform"]["format"] == "int2-g64"
     # the mixed plan spends its extra 0.7 bits where they matter: far better than uniform 2-bit
     assert res["plan"]["kl"] < 0.8 * res["uniform"]["kl"]

@@ -30,6 +30,8 @@ def parse_budgets(text: str) -> list[float]:
             nums = [float(x) for x in part.split(":")]
         except ValueError:
             nums = []
+        if not all(math.isfinite(x) for x in nums):
+            raise CliError(f"--budgets must be finite numbers, got {part!r}")
         if len(nums) == 3 and nums[2] > 0 and nums[0] <= nums[1]:
             n = int(math.floor((nums[1] - nums[0]) / nums[2] + 1e-9))
             if n > 1000:

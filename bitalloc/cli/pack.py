@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import CliError, load_model
+from ._common import CliError, check_output, load_model
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -14,6 +14,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from ..search.solution import Solution
 
     sol = Solution.load(args.plan)
+    if not sol.success:  # before anything is written: an existing checkpoint stays as it is
+        raise CliError(
+            f"plan {args.plan!r} has status {sol.status.value} and no formats to pack"
+            + (f": {sol.message}" if sol.message else "")
+        )
+    out = Path(args.out or Path(args.plan).with_suffix(".safetensors"))
+    check_output(str(out), "-o/--out")
     model_name = args.model or sol.meta.get("model")
     if not model_name:
         raise CliError("the plan does not name its model; pass --model")
@@ -25,7 +32,6 @@ def cmd_pack(args: argparse.Namespace) -> int:
         from ..data import calibration
 
         calib = calibration(tok, args.n_samples, args.seq_len)
-    out = Path(args.out or Path(args.plan).with_suffix(".safetensors"))
     save_packed(model, sol, out, mask_score=args.mask_score, calib=calib, quantizer=args.quantizer)
     measured = checkpoint_nbytes(out)
     print(f"packed checkpoint written to {out}")

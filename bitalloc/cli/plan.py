@@ -265,7 +265,7 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--exclude", nargs="*", help="unit patterns to drop (default: embeddings, lm_head)"
     )
-    s.add_argument("--n-samples", type=int, default=32, help="calibration windows (0 = none)")
+    s.add_argument("--n-samples", type=int, default=16, help="calibration windows (0 = none)")
     s.add_argument("--seq-len", type=int, default=512)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the sensitivity table")

@@ -10,7 +10,10 @@ width and/or of its unit's layer type (``q_proj``, ``down_proj``, ...):
 fitted to measured KLs ``y_p`` by non-negative least squares on relative errors
 ``sum_p ((prediction_p - y_p) / y_p)^2``, with a relative ridge pull of every factor towards the
 single best common scale (so a bit width that few plans use keeps that scale instead of a wild
-value); the ridge strength is chosen by leave-one-out error.
+value); the ridge strength is chosen by leave-one-out error. Every factor stays within
+``TRUST`` (4x) of its prior: plans measured near the optimum cannot tell the fit what a layer
+type costs far from it, and an unbounded fit drove some factors to 0, which the exact
+re-solve then exploited (benchmarks/RESULTS.md "Anchors").
 ``kind`` picks the model: ``"scale"`` (one factor: only rescales, the plan does not change),
 ``"bits"``, ``"type"`` or ``"bits+type"`` (the product, fitted by alternating NNLS);
 :func:`fit_correction` with ``kind="auto"`` keeps the one with the lowest leave-one-out error.
@@ -33,7 +36,8 @@ from .table import SensitivityTable
 
 KINDS = ("scale", "bits", "type", "bits+type")
 _SLICE = re.compile(r"\[\d+:\d+\]$")
-_RIDGES = (0.0, 0.001, 0.01, 0.1)
+_RIDGES = (0.0, 0.01, 0.1, 1.0)
+TRUST = 4.0  # no factor moves further than this from the common scale (or 1 for types)
 
 
 def layer_type(name: str) -> str:
@@ -148,8 +152,9 @@ class _Features:
 
 
 def _nnls_ridge(a: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
-    """``argmin_{c >= 0} ||(a c - y) / y||^2 + lam * n * ||(c - prior) / prior||^2``."""
-    from scipy.optimize import nnls
+    """``argmin ||(a c - y) / y||^2 + lam * n * ||(c - prior) / prior||^2`` over factors ``c``
+    within ``[prior / TRUST, prior * TRUST]`` (``c >= 0`` where the prior is 0)."""
+    from scipy.optimize import lsq_linear
 
     w = 1.0 / y
     rows = a * w[:, None]
@@ -158,7 +163,9 @@ def _nnls_ridge(a: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) -> 
     reg = np.sqrt(lam * n) * np.diag(1.0 / scale)
     aa = np.vstack([rows, reg])
     bb = np.concatenate([np.ones(n), np.sqrt(lam * n) * prior / scale])
-    return nnls(aa, bb, maxiter=50 * max(k, 1))[0]
+    lo = np.where(prior > 0, prior / TRUST, 0.0)
+    hi = np.where(prior > 0, prior * TRUST, np.inf)
+    return lsq_linear(aa, bb, bounds=(lo, hi), method="bvls").x
 
 
 def _solve(feats: _Features, y: np.ndarray, kind: str, lam: float) -> tuple[np.ndarray, ...]:

@@ -10,7 +10,7 @@ and improves its exact optimum with measurements of the real model:
    those KLs (:func:`bitalloc.search.correction.fit_correction`) and re-solved exactly; the
    new optimum is measured, added to the fit, and the loop repeats ``correction_rounds``
    times.
-3. **EvoPress** from the corrected optimum with staged KL (few tokens for every offspring,
+3. **EvoPress** from the best plan measured so far with staged KL (few tokens for every offspring,
    more for the survivors), on the same variants, with block replay
    (:class:`~bitalloc.backends.replay.BlockReplay`).
 
@@ -61,7 +61,7 @@ class Schedule:
 
 SCHEDULES: dict[Effort, Schedule] = {
     Effort.FAST: Schedule(12, 1, 1024, 0, 8, ((1, 1024),)),
-    Effort.DEFAULT: Schedule(24, 2, 2048, 24, 8, ((2, 512), (1, 2048))),
+    Effort.DEFAULT: Schedule(12, 2, 2048, 10, 8, ((2, 512), (1, 2048))),
     Effort.MAX: Schedule(48, 3, 4096, 120, 16, ((4, 1024), (1, 4096))),
 }
 
@@ -94,7 +94,7 @@ def refine(
     first = SOLVERS.get("ilp").solve(table, budget)
     if not first.success:
         return first
-    run = _Race(first, sched.tokens, budget)
+    run = _Race(first, sched.tokens, budget, table)
     with KLEvaluator(model, calib, table.space, backend) as kl:
         tokens = min(sched.tokens, kl.calib.n_tokens)
         run.tokens = tokens
@@ -150,8 +150,10 @@ class _Clock:
 class _Race:
     """Every measured plan with its KL; the best one is the result."""
 
-    def __init__(self, first: Solution, tokens: int, budget: Budget) -> None:
-        self.first, self.tokens, self.budget = first, tokens, budget
+    def __init__(
+        self, first: Solution, tokens: int, budget: Budget, table: SensitivityTable
+    ) -> None:
+        self.first, self.tokens, self.budget, self.table = first, tokens, budget, table
         self.scored: list[tuple[float, str, Solution]] = []
         self.seconds: dict[str, float] = {}
         self.info: dict[str, Any] = {}
@@ -259,11 +261,13 @@ def _correct(
 def _evolve(
     run: _Race, budget: Budget, sched: Schedule, kl: Any, seed: int, clock: _Clock
 ) -> None:
-    """EvoPress from the corrected table's optimum, fitness on the race's tokens."""
+    """EvoPress from the best plan measured so far (the corrected table, when there is one,
+    orders the mutation ladders), fitness on the race's tokens."""
     from ..solvers import SOLVERS
 
-    table = run.corrected
-    if table is None:
+    table = run.corrected if run.corrected is not None else run.table
+    top = run.best()
+    if top is None:
         return
     steps = tuple((keep, min(tokens, run.tokens)) for keep, tokens in sched.selection)
     steps = steps[:-1] + ((1, run.tokens),)
@@ -276,7 +280,7 @@ def _evolve(
         seed=seed,
         time_limit=None if left is None else max(left, 0.0),
     )
-    sol = solver.solve(table, budget, evaluate=kl)
+    sol = solver.solve(table, budget, evaluate=kl, initial=top[2])
     if sol.success:
         run.scored.append((float(sol.meta["fitness"]), "evopress", sol))
         per_gen = sol.meta.get("seconds_per_generation", [])

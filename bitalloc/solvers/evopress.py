@@ -132,16 +132,26 @@ class EvoPressSolver:
         return opts
 
     def solve(
-        self, table: SensitivityTable, budget: Budget, evaluate: Evaluator | None = None
+        self,
+        table: SensitivityTable,
+        budget: Budget,
+        evaluate: Evaluator | None = None,
+        *,
+        initial: Solution | None = None,
     ) -> Solution:
         """Evolve a plan under ``budget``; ``evaluate(plan, tokens=n)`` is the fitness (lower
-        is better; default: the table's predicted loss). INFEASIBLE when no start plan fits."""
+        is better; default: the table's predicted loss). INFEASIBLE when no start plan fits.
+        ``initial``: start from this plan (of the table's space, within every budget row)
+        instead of the ``start`` solver's."""
         problem, started, early = start_problem(self, table, budget)
         if early is not None:
             return self._with_meta(early, self._meta(table, budget, started))
         if evaluate is not None and not callable(evaluate):
             raise TypeError(f"`evaluate` must be callable, got {type(evaluate).__name__}")
-        first, optimal = self._start_plan(problem, table, budget)
+        if initial is None:
+            first, optimal = self._start_plan(problem, table, budget)
+        else:
+            first, optimal = _initial_choice(problem, table, budget, initial), False
         if isinstance(first, Solution):
             return self._with_meta(first, self._meta(table, budget, started))
         run = _Run(self, problem, table, evaluate)
@@ -186,6 +196,30 @@ class EvoPressSolver:
     @staticmethod
     def _with_meta(sol: Solution, meta: dict[str, Any]) -> Solution:
         return dataclasses.replace(sol, meta=meta)
+
+
+def _initial_choice(
+    problem: Problem, table: SensitivityTable, budget: Budget, plan: Any
+) -> np.ndarray:
+    """Per-group choice of the ``initial`` plan (ValueError unless it is a plan of the table's
+    space that keeps tied units together and fits every budget row)."""
+    if not isinstance(plan, Solution):
+        raise TypeError(f"`initial` must be a Solution, got {type(plan).__name__}")
+    if [u.name for u in plan.space.units] != [u.name for u in table.space.units]:
+        raise ValueError("`initial` is a plan for another search space than the table")
+    keys = table.space.keys
+    try:
+        units = np.array([keys.index(k) for k in plan.choice], dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"`initial` uses a format the table does not have: {e}") from None
+    groups = units[[m[0] for m in problem.members]]
+    if any(len(set(units[list(m)].tolist())) > 1 for m in problem.members):
+        raise ValueError("`initial` gives tied units different formats")
+    if not np.all(np.isfinite(problem.values[np.arange(len(groups)), groups])):
+        raise ValueError("`initial` gives a unit a format it may not take")
+    if any(r < 0 for r in budget.residuals(plan).values()):
+        raise ValueError(f"`initial` does not fit the budget ({budget.describe()})")
+    return groups
 
 
 def _check_selection(selection: Any) -> tuple[Step, ...]:

@@ -131,3 +131,25 @@ def test_to_dict_round_trips_the_factors() -> None:
     c = Correction(kind="bits", bit_factors={2: 2.0, 4: 1.0}, scale=1.0, n_plans=5)
     d = c.to_dict()
     assert d["bit_factors"] == {"2": 2.0, "4": 1.0} and d["kind"] == "bits"
+
+
+def test_factors_stay_within_the_trust_region() -> None:
+    from bitalloc.search.correction import TRUST
+
+    table = typed_table(7)
+    budget = budget_between(table, 0.35)
+    plans = near_plans(table, budget, 20, seed=3)
+    # a measurement in which 2-bit entries cost 100x the table: far outside the region
+    col = {k: j for j, k in enumerate(table.space.keys)}
+    y = [
+        sum(
+            (100.0 if table.space.formats[col[k]].bits == 2 else 1.0) * table.values[i, col[k]]
+            for i, k in enumerate(p.choice)
+        )
+        for p in plans
+    ]
+    for kind in ("bits", "type", "bits+type"):
+        fit = fit_correction(table, plans, y, kind=kind)
+        f = fit.factors(table) / fit.scale
+        assert f.max() <= TRUST**2 * (1 + 1e-9) and f.min() >= TRUST**-2 * (1 - 1e-9), kind
+        assert np.all(f > 0), kind

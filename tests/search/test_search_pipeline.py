@@ -51,6 +51,10 @@ def test_default_effort_runs_evopress_with_replay(make_llama, calib64) -> None:
     info = sol.meta["pipeline"]
     assert "evopress" in info["seconds"] and info["evopress"]["generations_run"] >= 1
     assert info["block_forwards_skipped"] > 0 and info["replay_fraction_run"] < 1.0
+    # EvoPress starts from the best in-budget plan measured before it, never a worse one
+    before = min(v for k, v in info["measured"].items() if k in ("ilp", "corrected"))
+    assert info["evopress"]["start_fitness"] <= before * (1 + 1e-9)
+    assert info["fitness"] <= info["evopress"]["start_fitness"] * (1 + 1e-9)
 
 
 def test_time_limit_too_small_returns_the_exact_optimum_with_status_limit(

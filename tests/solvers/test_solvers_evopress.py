@@ -331,3 +331,34 @@ def test_cli_search_with_evopress(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert json.loads(ckpt.read_text())["generation"] == 2
     bad = [a if a != "evopress" else "ilp" for a in args]
     assert main(bad) == 2  # --generations is not an ilp option
+
+
+def test_initial_plan_is_the_start_and_never_lost() -> None:
+    table = random_table(21, n_units=14, formats=FORMATS4, ties=())
+    budget = budget_between(table, 0.5)
+    fit = interacting(table)
+    initial = ba.solve(table, budget, "greedy")
+    sol = EvoPressSolver(generations=6, offspring=4, selection=((1, None),)).solve(
+        table, budget, evaluate=fit, initial=initial
+    )
+    assert sol.meta["start_fitness"] == pytest.approx(fit(initial), rel=1e-12)
+    assert sol.meta["fitness"] <= sol.meta["start_fitness"]
+    assert budget.residual(sol) >= 0
+
+
+def test_bad_initial_plan_is_refused_naming_it() -> None:
+    table = random_table(21, n_units=14, formats=FORMATS4, ties=())
+    budget = budget_between(table, 0.5)
+    solver = EvoPressSolver(generations=2, offspring=2, selection=((1, None),))
+    widest = tuple(
+        max(u.allowed, key=lambda k: ba.QuantFormat.parse(k).bits) for u in table.space.units
+    )
+    over = Solution(space=table.space, choice=widest, status=Status.FEASIBLE)
+    with pytest.raises(ValueError, match="`initial` does not fit the budget"):
+        solver.solve(table, budget, evaluate=interacting(table), initial=over)
+    with pytest.raises(TypeError, match="`initial` must be a Solution"):
+        solver.solve(table, budget, initial="ilp")  # type: ignore[arg-type]
+    other = random_table(3, n_units=5, formats=FORMATS4, ties=())
+    foreign = ba.solve(other, budget_between(other, 0.5), "ilp")
+    with pytest.raises(ValueError, match="another search space"):
+        solver.solve(table, budget, initial=foreign)
