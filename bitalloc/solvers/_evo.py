@@ -15,12 +15,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..search._io import atomic_write_text
 from ..search.problem import Problem
+
+if TYPE_CHECKING:
+    from ..search.solution import Solution
+    from ..search.table import SensitivityTable
 
 CHECKPOINT_VERSION = 1
 
@@ -194,3 +198,10 @@ def finite(x: float) -> float:
     """``x`` as float, ``inf`` when it is NaN/inf (a broken candidate ranks last)."""
     x = float(x)
     return x if math.isfinite(x) else math.inf
+
+
+def group_choice(problem: Problem, table: SensitivityTable, plan: Solution) -> np.ndarray:
+    """A plan's choice per tie-merged group (the format index of each group's first unit)."""
+    keys = table.space.keys
+    units = np.array([keys.index(k) for k in plan.choice], dtype=np.int64)
+    return units[[m[0] for m in problem.members]]

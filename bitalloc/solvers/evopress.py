@@ -25,7 +25,7 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._evo import Ladders, finite, load_state, offspring, run_key, save_state
+from ._evo import Ladders, finite, group_choice, load_state, offspring, run_key, save_state
 from ._mckp import feasible_start
 from .base import Evaluator, infeasible, make_solution, provenance
 from .base import start as start_problem
@@ -184,9 +184,7 @@ class EvoPressSolver:
                 msg = "evopress found no start plan meeting every constraint (try start='ilp')"
                 return infeasible(problem, table, budget, {}, msg), False
             return first, False
-        keys = table.space.keys
-        units = np.array([keys.index(k) for k in sol.choice], dtype=np.int64)
-        return units[[m[0] for m in problem.members]], sol.status is Status.OPTIMAL
+        return group_choice(problem, table, sol), sol.status is Status.OPTIMAL
 
     def _meta(self, table: SensitivityTable, budget: Budget, started: float) -> dict[str, Any]:
         meta = provenance(self, table, budget, started)
@@ -207,14 +205,12 @@ def _initial_choice(
         raise TypeError(f"`initial` must be a Solution, got {type(plan).__name__}")
     if [u.name for u in plan.space.units] != [u.name for u in table.space.units]:
         raise ValueError("`initial` is a plan for another search space than the table")
-    keys = table.space.keys
-    try:
-        units = np.array([keys.index(k) for k in plan.choice], dtype=np.int64)
-    except ValueError as e:
-        raise ValueError(f"`initial` uses a format the table does not have: {e}") from None
-    groups = units[[m[0] for m in problem.members]]
-    if any(len(set(units[list(m)].tolist())) > 1 for m in problem.members):
+    unknown = sorted(set(plan.choice) - set(table.space.keys))
+    if unknown:
+        raise ValueError(f"`initial` uses formats the table does not have: {unknown}")
+    if any(len({plan.choice[i] for i in m}) > 1 for m in problem.members):
         raise ValueError("`initial` gives tied units different formats")
+    groups = group_choice(problem, table, plan)
     if not np.all(np.isfinite(problem.values[np.arange(len(groups)), groups])):
         raise ValueError("`initial` gives a unit a format it may not take")
     if any(r < 0 for r in budget.residuals(plan).values()):

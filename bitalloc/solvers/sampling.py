@@ -27,19 +27,12 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._evo import Ladders, mutate
+from ._evo import Ladders, group_choice, mutate
 from ._mckp import greedy_choice
 from .base import make_solution
 
 SHIFTS = (-0.2, -0.1, 0.1, 0.2)
 MAX_SWITCHES = 8
-
-
-def group_choice(problem: Problem, table: SensitivityTable, plan: Solution) -> np.ndarray:
-    """A plan's choice per tie-merged group (the format index of each group's first unit)."""
-    keys = table.space.keys
-    units = np.array([keys.index(k) for k in plan.choice], dtype=np.int64)
-    return units[[m[0] for m in problem.members]]
 
 
 def near_plans(

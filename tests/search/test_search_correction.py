@@ -153,3 +153,6 @@ def test_factors_stay_within_the_trust_region() -> None:
         f = fit.factors(table) / fit.scale
         assert f.max() <= TRUST**2 * (1 + 1e-9) and f.min() >= TRUST**-2 * (1 - 1e-9), kind
         assert np.all(f > 0), kind
+    # the 2-bit factor wants ~100x the others: the bound is what holds it
+    bits = fit_correction(table, plans, y, kind="bits")
+    assert bits.bit_factors[2] == pytest.approx(TRUST * bits.scale, rel=1e-6)
