@@ -4,7 +4,8 @@
 
 - ``None``: the default, the journal file ``runs/<name>.journal`` (Optuna's append-only log
   with file locks; about 6x faster than SQLite for the same study, and safe for several
-  worker processes on one machine);
+  worker processes on one machine; a record torn by a killed worker is cut off before the
+  next append and an undecodable one is repaired on read, see :mod:`bitalloc.studies.journal`);
 - a path ending in ``.journal`` / ``.log`` (or ``journal:PATH``): a journal file;
 - a path ending in ``.db`` / ``.sqlite`` / ``.sqlite3``: an SQLite file (``sqlite:///PATH``);
 - any SQLAlchemy URL Optuna's RDB storage accepts (``sqlite:///...``,
@@ -225,14 +226,15 @@ def _make_heartbeat_journal() -> type:
 
     # Optuna's heartbeat protocol lives in a private module; optuna is pinned (extra "studies").
     from optuna.storages._heartbeat import BaseHeartbeat
-    from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
+
+    from bitalloc.studies.journal import SafeJournalFileBackend
 
     class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         def __init__(
             self, path: str, opts: StorageOptions, retry: Callable[..., None] | None
         ) -> None:
-            super().__init__(JournalFileBackend(path))
+            super().__init__(SafeJournalFileBackend(path))
             self.path = path
             self._interval = opts.heartbeat_interval
             self._grace = opts.grace
