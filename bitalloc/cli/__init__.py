@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError, TypeError) as e:
         print(f"bitalloc {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # a path that went bad after the checks (or none could check)
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"bitalloc {args.command}: error:{where} {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 __all__ = ["EXIT_BAD_INPUT", "CliError", "build_parser", "main", "parse_budgets"]

@@ -129,7 +129,27 @@ def check_output(path: str, flag: str) -> None:
         raise CliError(f"{flag} {path!r} is a directory; give a file path")
     if target.exists() and not os.access(target, os.W_OK):
         raise CliError(f"{flag} {path!r} is not writable")
-    parent = target.absolute().parent
+    _check_creatable(target.absolute().parent, path, flag)
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """Refuse an output folder that cannot be written (or created), before any work starts."""
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise CliError(f"{flag} {path!r} is a file; give a folder")
+    if target.is_dir():
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise CliError(f"{flag} {path!r} is not writable")
+        return
+    _check_creatable(target.absolute().parent, path, flag)
+
+
+def _check_creatable(parent: Any, path: str, flag: str) -> None:
+    import os
+
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):

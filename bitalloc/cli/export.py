@@ -10,6 +10,7 @@ from typing import Any
 from ._common import (
     EXIT_BAD_INPUT,
     CliError,
+    check_output,
     key_values,
 )
 
@@ -22,6 +23,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to not in EXPORTERS.names():
         raise CliError(f"unknown target {args.to!r}; available: {', '.join(EXPORTERS.names())}")
     exp = EXPORTERS.get(args.to, **key_values(args.option or []))
+    out = args.out or f"{Path(args.plan).with_suffix('')}.{args.to}{exp.suffix}"
+    check_output(out, "-o/--out")
+    if args.save_plan:
+        check_output(args.save_plan, "--save-plan")
     sol = Solution.load(args.plan)
     bad = exp.check(sol)
     if bad and not args.fix:
@@ -46,11 +51,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         sol = fixed
     elif args.fix:
         print(f"no violations of {args.to}'s rules: nothing to fix")
-    if args.save_plan:
-        sol.save(args.save_plan)
-    out = args.out or f"{Path(args.plan).with_suffix('')}.{args.to}{exp.suffix}"
     atomic_write_text(out, exp.serialize(exp.render(sol)))
     print(f"{args.to} config written to {out}")
+    if args.save_plan:  # only once the export itself is written
+        sol.save(args.save_plan)
+        print(f"plan written to {args.save_plan}")
     return 0
 
 

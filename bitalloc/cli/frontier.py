@@ -14,6 +14,7 @@ from ._common import (
     ESTIMATOR_HELP,
     CliError,
     check_name,
+    check_output_dir,
     estimate_table,
     key_values,
     load_model,
@@ -85,7 +86,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..data import calibration
-    from ..search._io import atomic_write_text
+    from ..search._io import atomic_write_set
     from ..search.api import frontier
     from ..search.budget import Budget
     from ..search.formats import parse_formats
@@ -93,6 +94,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     from ..solvers import SOLVERS
 
     budgets = parse_budgets(args.budgets)
+    check_output_dir(args.out, "--out")
     formats = parse_formats(args.formats)
     check_name("estimator", args.estimator)
     check_name("solver", args.solver)
@@ -117,11 +119,15 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         shown = front.at(budgets) if native else front
     frame = front.to_frame()
     out = Path(args.out)
-    front.save(out / "frontier.json")
-    atomic_write_text(out / "frontier.csv", frame.to_csv(index=False))
     by = "kl" if "kl" in front.metrics() else "predicted"
     title = f"{args.model}: {table.estimator}, {args.solver}"
-    front.plot(out / "frontier.png", by=by, title=title)
+    atomic_write_set(  # the three files as one set: a kill never mixes old and new
+        {
+            out / "frontier.json": front.save,
+            out / "frontier.csv": lambda p: p.write_text(frame.to_csv(index=False)),
+            out / "frontier.png": lambda p: front.plot(p, by=by, title=title),
+        }
+    )
     cols = ["avg_bits", "predicted_loss", *front.metrics(), "status"]
     rows = shown.to_frame()
     if native:  # the requested budgets next to the best Pareto point within each

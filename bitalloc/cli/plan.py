@@ -41,6 +41,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_output(args.out, "--out")
     if args.table:
         check_output(args.table, "--table")
+    if args.checkpoint:
+        check_output(args.checkpoint, "--checkpoint")
     model, tok = load_model(args.model)
     calib = (
         calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None

@@ -25,7 +25,8 @@ def load(
 ) -> tuple[nn.Module, Any]:
     """Load ``folder`` as a causal LM, or with ``AutoModel`` when its config is not one.
 
-    Nothing is fetched from the Hugging Face Hub (``local_files_only=True``).
+    Nothing is fetched from the Hugging Face Hub (``local_files_only=True``) and only
+    safetensors weights are read: a pickle checkpoint is refused, never executed.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -36,7 +37,14 @@ def load(
             f"`name_or_path`={folder!r} is a folder but not a Hugging Face model folder "
             f"(no readable config.json): {exc}"
         ) from exc
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    from pathlib import Path
+
+    if not any(Path(folder).glob("*.safetensors")):
+        raise ValueError(
+            f"`name_or_path`={folder!r} holds no *.safetensors weights; bitalloc loads "
+            "safetensors only and never unpickles *.bin/*.pt files (convert them first)"
+        )
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "use_safetensors": True}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     auto = AutoModelForCausalLM if _is_causal_lm(config) else AutoModel

@@ -165,6 +165,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .plots import save_pareto_plots, trial_rows
     from .study import load_study, trial_plan
 
+    if args.plan is not None:
+        from ..cli._common import check_output
+
+        check_output(args.out, "--out")
     study, config = load_study(args.name, args.storage)
     if args.plan is not None:
         match = [t for t in study.get_trials(deepcopy=False) if t.number == args.plan]

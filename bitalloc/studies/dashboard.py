@@ -31,6 +31,29 @@ def free_port(host: str = LOCALHOST) -> int:
         return int(s.getsockname()[1])
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port outside 1..65535 or one something already listens on."""
+    if not 0 < port < 65536:
+        raise ValueError(f"`port` must be in 1..65535, got {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"`port` {port} on {host} is not free: {e.strerror}") from None
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def dashboard_command() -> list[str]:
     """The ``optuna-dashboard`` executable next to this Python, else on ``PATH``."""
     exe = Path(sys.executable).parent / "optuna-dashboard"
@@ -67,14 +90,24 @@ class Dashboard:
         (the message holds the tail of its log).
         """
         spec = storage if isinstance(storage, StorageSpec) else resolve_storage(storage, name)
-        if spec.kind == "journal" and not Path(spec.target).exists():
-            raise ValueError(f"`storage` journal file {spec.target!r} does not exist")
-        port = free_port(host) if port is None else int(port)
+        path = spec.file()  # the dashboard would create a missing journal or SQLite file
+        if path is not None and not path.is_file():
+            raise ValueError(f"`storage` {str(path)!r} does not exist")
+        if port is None:
+            port = free_port(host)
+        else:
+            port = int(port)
+            check_port(host, port)
         log_path = Path(log) if log is not None else _default_log(spec, port)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [*dashboard_command(), spec.dashboard_arg, "--host", host, "--port", str(port)]
         with open(log_path, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
         server = cls(proc, host, port, log_path)
         server.wait_ready(timeout)
         return server

@@ -145,6 +145,10 @@ class SafeJournalFileBackend(JournalFileBackend):
             data = f.read()
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline, else a torn record
+        if not lines or not _decodes(lines[0]) or b'"op_code"' not in lines[0]:
+            raise ValueError(
+                f"{self.path!r} is not an Optuna journal file: its first record does not decode"
+            )
         kept: list[bytes] = []
         salvaged = dropped = 0
         for line in lines:

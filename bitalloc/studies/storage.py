@@ -92,6 +92,15 @@ class StorageSpec:
     def dashboard_arg(self) -> str:
         return self.target
 
+    def file(self) -> Path | None:
+        """The local file this storage lives in (journal, SQLite), else ``None``."""
+        if self.kind == "journal":
+            return Path(self.target)
+        if self.target.startswith("sqlite:///"):
+            rest = self.target[len("sqlite:///") :].split("?", 1)[0]
+            return Path(rest) if rest and not rest.startswith(":memory:") else None
+        return None
+
     def describe(self) -> str:
         """The target with any password replaced by ``***``."""
         if self.kind != "rdb" or "@" not in self.target or "://" not in self.target:
@@ -146,17 +155,44 @@ def open_storage(
     spec: StorageSpec | str | os.PathLike[str] | None,
     name: str = "study",
     options: StorageOptions | None = None,
+    *,
+    create: bool = True,
 ) -> optuna.storages.BaseStorage:
-    """An Optuna storage with heartbeat and retry-on-stale for ``spec``."""
+    """An Optuna storage with heartbeat and retry-on-stale for ``spec``.
+
+    ``create=False`` (every command but ``study create``) refuses a journal or SQLite file
+    that does not exist instead of creating an empty one. A storage that cannot be opened (an
+    unreachable server, a file that is not a database) raises ValueError naming it.
+    """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     opts = options or StorageOptions()
     if not isinstance(spec, StorageSpec):
         spec = resolve_storage(spec, name)
+    if not create:
+        path = spec.file()
+        if path is not None and not path.is_file():
+            raise ValueError(
+                f"`storage` {str(path)!r} does not exist (a study is made with `study create`)"
+            )
     with warnings.catch_warnings():  # the heartbeat API is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _open(spec, opts, RetryHeartbeatStaleTrialCallback(max_retry=opts.max_retry))
+        try:
+            return _open(spec, opts, RetryHeartbeatStaleTrialCallback(max_retry=opts.max_retry))
+        except ImportError:
+            raise
+        except Exception as e:
+            if not _is_storage_error(e):
+                raise
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            raise ValueError(f"cannot open `storage` {spec.describe()}: {reason}") from None
+
+
+def _is_storage_error(e: Exception) -> bool:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(e, (SQLAlchemyError, OSError))
 
 
 def _open(spec: StorageSpec, opts: StorageOptions, retry: Callable[..., None]) -> Any:

@@ -186,7 +186,7 @@ def load_study(
     import optuna
 
     spec = storage if isinstance(storage, StorageSpec) else resolve_storage(storage, name)
-    store = open_storage(spec, name, options)
+    store = open_storage(spec, name, options, create=False)
     try:
         study = optuna.load_study(study_name=name, storage=store)
     except KeyError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,30 @@ def test_pareto_plots_and_show(finished_study, tmp_path, capsys) -> None:
     trial = study.get_trials()[2]
     assert plan.avg_bits == trial.values[0] and plan.meta["solver"] == trial.params["solver"]
     assert main(["study", "show", "nope", "--storage", storage]) == 2
+
+
+def test_dashboard_child_dies_with_a_sigkilled_parent(finished_study, spawn) -> None:
+    """``kill -9`` of ``bitalloc study dashboard`` leaves no optuna-dashboard listening."""
+    import os
+    import signal
+    import time
+
+    _, storage = finished_study
+    proc = spawn("study", "dashboard", "--storage", storage)
+    line = proc.stdout.readline()
+    assert "optuna-dashboard serving" in line, proc.stderr.read()[-2000:]
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1
+    child = int(children[0])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        status = (
+            Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
+        )
+        if "State:\tZ" in status:
+            break  # exited; only its zombie entry waits for init to reap it
+        time.sleep(0.1)
+    status = Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
+    assert not status or "State:\tZ" in status, "optuna-dashboard outlived its parent"

@@ -21,7 +21,10 @@ def _backend(path: Path):
 
 
 def _records(n: int) -> list[dict]:
-    return [{"op_code": 0, "worker_id": "w", "study_name": f"s{i}", "directions": [1]} for i in range(n)]
+    return [
+        {"op_code": 0, "worker_id": "w", "study_name": f"s{i}", "directions": [1]}
+        for i in range(n)
+    ]
 
 
 def test_torn_tail_is_cut_before_the_next_append(tmp_path) -> None:
@@ -78,8 +81,11 @@ def test_issue_repro_truncated_journal_keeps_every_finished_trial(
     create_study(study_name, cfg, storage)
     run = ["study", "run", study_name, "--storage", storage, "--heartbeat", "1", "--grace", "3"]
     assert main(run) == 0
-    done = {t.number for t in load_study(study_name, storage)[0].get_trials()
-            if t.state is TrialState.COMPLETE}
+    done = {
+        t.number
+        for t in load_study(study_name, storage)[0].get_trials()
+        if t.state is TrialState.COMPLETE
+    }
     assert len(done) == 2
     with open(storage, "rb+") as f:
         f.truncate(os.path.getsize(storage) - 40)
@@ -124,8 +130,9 @@ def test_real_sigkills_mid_write_never_make_the_journal_unreadable(tmp_path) -> 
         rounds += 1
         path = tmp_path / f"k{rounds}.journal"
         _backend(path).append_logs(_records(2))
-        procs = [subprocess.Popen([sys.executable, "-c", HAMMER, str(path)], env=env)
-                 for _ in range(2)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", HAMMER, str(path)], env=env) for _ in range(2)
+        ]
         time.sleep(0.8 + 0.4 * rng.random())
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
