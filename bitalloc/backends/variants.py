@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..search.space import SearchSpace
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -104,18 +107,38 @@ class VariantCache:
                 t = self._memory[(index, key)] = self._build(index, key)
             return t
         path = self._path(index, key)
-        if not path.exists():
-            self._save(path, self._build(index, key))
-        return self._load(path, index)
+        if path.exists():
+            cached = self._load(path, index)
+            if cached is not None:
+                return cached
+        self._save(path, self._build(index, key))
+        loaded = self._load(path, index)
+        assert loaded is not None
+        return loaded
 
     def _build(self, index: int, key: str) -> torch.Tensor:
         """The backend's ``W_hat`` of this unit (the model must hold its original weights)."""
         if self._source is None:
-            self._source = self.backend.quantized(self.model, self.space, self.calib)
+            self._source = self._quantized_from_originals()
         view = self._views[index]
         variant = self._source.get(index, key).weight.to(device=view.device, dtype=view.dtype)
         self.built += 1
         return variant
+
+    def _quantized_from_originals(self) -> Any:
+        """The backend's quantized source, built with every original weight in place (a
+        broken cache file can ask for a build while variants are swapped in)."""
+        import torch
+
+        with torch.no_grad():
+            current = [v.detach().clone() for v in self._views]
+            for view, original in zip(self._views, self.originals):
+                view.copy_(original)
+            try:
+                return self.backend.quantized(self.model, self.space, self.calib)
+            finally:
+                for view, now in zip(self._views, current):
+                    view.copy_(now)
 
     def _path(self, index: int, key: str) -> Path:
         assert self.root is not None
@@ -130,13 +153,20 @@ class VariantCache:
         cpu = tensor.detach().to("cpu").contiguous()
         atomic_write(path, lambda p: save_file({"weight": cpu}, str(p)))
 
-    def _load(self, path: Path, index: int) -> torch.Tensor:
+    def _load(self, path: Path, index: int) -> torch.Tensor | None:
+        """The cached variant, or ``None`` when the file is broken (truncated, not
+        safetensors) or does not match the unit: the caller rebuilds and replaces it."""
         from safetensors.torch import load_file
 
         ref = self.originals[index]
-        t = load_file(str(path))["weight"]
+        try:
+            t = load_file(str(path))["weight"]
+        except Exception as e:  # safetensors raises its own SafetensorError, or KeyError
+            log.warning("variant cache file %s is broken (%s); rebuilding it", path, e)
+            return None
         if tuple(t.shape) != tuple(ref.shape) or t.dtype != ref.dtype:
-            raise ValueError(f"variant file {str(path)!r} does not match the unit; delete it")
+            log.warning("variant cache file %s does not match the unit; rebuilding it", path)
+            return None
         return t.to(ref.device)
 
 

@@ -107,8 +107,10 @@ def estimate(
         key = _cache_key(est, be, space, provenance)
         path = Path(cache_dir) / "tables" / f"{type(est).name}-{key}.npz"
         if path.exists():
-            log.info("sensitivity table cache hit: %s", path)
-            return SensitivityTable.load(path)
+            cached = _cached_table(path, type(est).name, space, provenance)
+            if cached is not None:
+                log.info("sensitivity table cache hit: %s", path)
+                return cached
     started = time.perf_counter()
     table = est.estimate(model, space, cal, backend=be, callback=callback)
     meta = {**table.meta, **provenance, "estimate_time_s": round(time.perf_counter() - started, 3)}
@@ -117,6 +119,38 @@ def estimate(
     )
     if path is not None:
         table.save(path)
+    return table
+
+
+def _cached_table(
+    path: Path, estimator: str, space: SearchSpace, provenance: dict[str, Any]
+) -> SensitivityTable | None:
+    """The table cached at ``path`` when it loads and is for this estimator, search space,
+    model and calibration; ``None`` (with a warning; it is then recomputed and replaced) when
+    the file is broken or belongs to something else."""
+    try:
+        table = SensitivityTable.load(path)
+    except ValueError as e:
+        log.warning("sensitivity table cache entry is broken, recomputing it: %s", e)
+        return None
+    meta = table.meta
+    checks = {
+        "estimator": (table.estimator, estimator),
+        "search space": (table.space.fingerprint(), space.fingerprint()),
+        "model": (meta.get("model_fingerprint"), provenance["model_fingerprint"]),
+        "calibration": (
+            (meta.get("calibration") or {}).get("fingerprint"),
+            (provenance.get("calibration") or {}).get("fingerprint"),
+        ),
+    }
+    wrong = [what for what, (have, want) in checks.items() if have != want]
+    if wrong:
+        log.warning(
+            "sensitivity table cache entry %s is for another %s; recomputing it",
+            path,
+            " and ".join(wrong),
+        )
+        return None
     return table
 
 

@@ -86,21 +86,40 @@ class SensitivityTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SensitivityTable:
-        """Read a table written by :meth:`save` (no pickle)."""
+        """Read a table written by :meth:`save` (no pickle). Anything else (empty, truncated,
+        a plain ``.npy``, a foreign header) raises ValueError naming the file."""
+        import zipfile
+
+        name = repr(os.fspath(path))
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a plain .npy array, not a table archive")
+            with data:
+                missing = {"values", "header"} - set(data.files)
+                if missing:
+                    raise ValueError(f"no {' or '.join(sorted(missing))} entry")
                 values = data["values"]
                 header = json.loads(bytes(data["header"]).decode())
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read sensitivity table {os.fspath(path)!r}: {e}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError) as e:
+            raise ValueError(f"cannot read sensitivity table {name}: {e}") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"sensitivity table {name}: the header is not a JSON object")
         if header.get("version") != TABLE_VERSION:
-            raise ValueError(f"unsupported table version {header.get('version')!r}")
-        return cls(
-            space=SearchSpace.from_dict(header["space"]),
-            values=values,
-            estimator=header["estimator"],
-            meta=header.get("meta", {}),
-        )
+            raise ValueError(
+                f"sensitivity table {name}: unsupported version {header.get('version')!r}"
+            )
+        try:
+            return cls(
+                space=SearchSpace.from_dict(header["space"]),
+                values=values,
+                estimator=str(header["estimator"]),
+                meta=header.get("meta") or {},
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(
+                f"sensitivity table {name} is malformed: {type(e).__name__}: {e}"
+            ) from None
 
 
 def _jsonable(obj: Any) -> Any:

@@ -142,3 +142,14 @@ def test_bad_input(tiny_llama, tiny_calib, make_llama) -> None:
         VariantCache(tiny_llama, other)
     with pytest.raises(ValueError, match="cannot take format"):
         VariantCache(tiny_llama, space).get(0, "int5-g32")
+
+
+def test_broken_variant_files_are_rebuilt(tiny_llama, tiny_calib, tmp_path: Path) -> None:
+    space = SearchSpace.from_model(tiny_llama, FORMATS, tie=None)
+    plan = mixed_plan(space, 1)
+    value = KLEvaluator(tiny_llama, tiny_calib, space, cache_dir=tmp_path)(plan)
+    first, second = sorted(tmp_path.rglob("*.safetensors"))[:2]
+    first.write_bytes(first.read_bytes()[:50])  # truncated by a crash or a full disk
+    second.write_bytes(b"not safetensors at all")
+    again = KLEvaluator(tiny_llama, tiny_calib, space, cache_dir=tmp_path)
+    assert again(plan) == value and again.variants.built == 2

@@ -73,5 +73,35 @@ def test_load_garbage(tmp_path) -> None:  # noqa: ANN001
         SensitivityTable.load(tmp_path / "missing.npz")
     header = np.frombuffer(json.dumps({"version": 99}).encode(), dtype=np.uint8)
     np.savez(tmp_path / "v99.npz", values=np.zeros((1, 1)), header=header)
-    with pytest.raises(ValueError, match="unsupported table version"):
+    with pytest.raises(ValueError, match="unsupported version"):
         SensitivityTable.load(tmp_path / "v99.npz")
+
+
+@pytest.mark.parametrize(
+    "case", ["empty", "truncated", "no-header", "list-header", "plain-npy", "bad-space"]
+)
+def test_load_refuses_every_malformed_file_with_value_error(tmp_path, case) -> None:  # noqa: ANN001
+    """Issue 11 D7: never BadZipFile, EOFError, KeyError, AttributeError or TypeError."""
+    path = tmp_path / "t.npz"
+    good = tmp_path / "good.npz"
+    make_table().save(good)
+
+    def header(obj) -> np.ndarray:  # noqa: ANN001
+        return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(good.read_bytes()[:-100])
+    elif case == "no-header":
+        np.savez(path, values=np.zeros((2, 3)))
+    elif case == "list-header":
+        np.savez(path, values=np.zeros((2, 3)), header=header([1, 2]))
+    elif case == "plain-npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((2, 3)))
+    else:
+        bad = {**make_table().header(), "space": {"units": "nope"}}
+        np.savez(path, values=np.zeros((2, 3)), header=header(bad))
+    with pytest.raises(ValueError, match=r"sensitivity table .*t\.npz"):
+        SensitivityTable.load(path)

@@ -11,6 +11,7 @@ from bitalloc import SearchSpace, estimate
 from bitalloc.backends.rtn import RtnBackend
 from bitalloc.kernels import fake_quantize
 from bitalloc.search.calibration import Calibration
+from bitalloc.search.table import SensitivityTable
 from bitalloc.sensitivity import ESTIMATORS
 
 FORMATS = ["int2-g32", "int3-g32", "int4-g32", "int8-g32"]
@@ -157,3 +158,25 @@ def test_cache_hit_skips_recompute(tmp_path, monkeypatch) -> None:
     assert np.array_equal(first.values, again.values)
     with pytest.raises(AssertionError, match="recomputed"):  # other calibration -> miss
         estimate(model, space, mlp_calib(2), "layer_error", cache_dir=tmp_path)
+
+
+def test_broken_or_foreign_cache_entries_are_recomputed(tmp_path) -> None:
+    """Issue 11 D6: a truncated entry, or another model's table under the key, is not used."""
+    model, calib = toy_mlp(), mlp_calib()
+    space = SearchSpace.from_model(model, FORMATS)
+    first = estimate(model, space, calib, "layer_error", cache_dir=tmp_path)
+    (path,) = (tmp_path / "tables").glob("*.npz")
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # truncated
+    again = estimate(model, space, calib, "layer_error", cache_dir=tmp_path)
+    assert (
+        np.array_equal(first.values, again.values) and path.read_bytes() != good[: len(good) // 2]
+    )
+
+    other = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 16))
+    other_space = SearchSpace.from_model(other, FORMATS)
+    foreign = estimate(other, other_space, calib, "layer_error", cache_dir=tmp_path / "o")
+    foreign.save(path)  # another model's table placed under this key
+    fresh = estimate(model, space, calib, "layer_error", cache_dir=tmp_path)
+    assert fresh.space == space and np.array_equal(fresh.values, first.values)
+    assert SensitivityTable.load(path).space == space  # the entry was replaced
