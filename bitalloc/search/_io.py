@@ -112,6 +112,8 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {os.fspath(path)!r} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {os.fspath(path)!r} is nested too deeply to be one") from None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -191,7 +191,7 @@ class Solution:
                 message=str(d.get("message", "")),
                 meta=d.get("meta", {}),
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed plan: {type(e).__name__}: {e}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -8,6 +8,7 @@ runtime kernel such as q/k/v or gate/up reads them as one matrix).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 SPACE_VERSION = 1
+MAX_DIM = 1 << 31  # no weight dimension is larger; also keeps numel exact in float64
 DEFAULT_EXCLUDE = ("re:(.*\\.)?lm_head", "re:(.*\\.)?(embed|wte|wpe|embeddings)(\\..*)?")
 
 
@@ -44,6 +46,17 @@ class Unit:
     channels: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        shape = self.shape
+        if (
+            not isinstance(shape, (tuple, list))
+            or not shape
+            or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in shape)
+            or not all(0 < d <= MAX_DIM for d in shape)
+        ):
+            raise ValueError(
+                f"unit {self.name!r}: `shape` must be whole numbers in 1..{MAX_DIM}, got {shape!r}"
+            )
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
         if self.channels is not None:
             start, stop = (int(c) for c in self.channels)
             if not 0 <= start < stop or stop - start != self.shape[0]:
@@ -77,11 +90,19 @@ class Unit:
     def from_dict(cls, d: Mapping[str, Any]) -> Unit:
         return cls(
             name=str(d["name"]),
-            shape=tuple(int(s) for s in d["shape"]),
+            shape=tuple(_whole(s) for s in d["shape"]),
             allowed=tuple(str(a) for a in d["allowed"]),
             tie=d.get("tie"),
             channels=tuple(d["channels"]) if d.get("channels") is not None else None,
         )
+
+
+def _whole(x: Any) -> Any:
+    """``x`` as int when it is a whole number (``64`` or ``64.0``); anything else is returned
+    unchanged for :class:`Unit` to refuse (``64.7``, ``"64"``, ``1e30``)."""
+    if isinstance(x, float) and x.is_integer() and abs(x) <= MAX_DIM:
+        return int(x)
+    return x
 
 
 @dataclass(frozen=True, slots=True)

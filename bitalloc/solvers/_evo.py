@@ -186,12 +186,51 @@ def load_state(path: str | os.PathLike[str], key: str) -> dict[str, Any] | None:
         raise ValueError(
             f"`checkpoint` {str(p)!r} is not a readable EvoPress checkpoint: {e}"
         ) from e
+    if not isinstance(state, dict):
+        raise ValueError(f"`checkpoint` {str(p)!r} is not an EvoPress checkpoint (not an object)")
     if state.get("version") != CHECKPOINT_VERSION or state.get("run") != key:
         raise ValueError(
             f"`checkpoint` {str(p)!r} belongs to another run (different table, budget, "
             "options or version); delete it or pass another path"
         )
     return state
+
+
+STATE_KEYS = ("parent", "fitness", "start_fitness", "history", "evaluations", "generation", "rng")
+
+
+def check_state(state: dict[str, Any], problem: Problem, path: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint whose body cannot be resumed on ``problem``: missing fields, or a
+    parent of the wrong length, with a format index out of range or not allowed, or over the
+    budget (ValueError naming the file and the field)."""
+    where = f"`checkpoint` {os.fspath(path)!r}"
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}; delete it to start afresh")
+    parent = state["parent"]
+    n, m = problem.values.shape
+    if (
+        not isinstance(parent, list)
+        or len(parent) != n
+        or not all(isinstance(c, int) and not isinstance(c, bool) for c in parent)
+    ):
+        raise ValueError(f"{where}: `parent` must be a list of {n} format indices")
+    choice = np.asarray(parent, dtype=np.int64)
+    if choice.size and (choice.min() < 0 or choice.max() >= m):
+        raise ValueError(f"{where}: `parent` has a format index outside 0..{m - 1}")
+    if not problem.allowed[np.arange(n), choice].all():
+        raise ValueError(f"{where}: `parent` gives a unit a format it does not allow")
+    if not problem.fits(choice):
+        raise ValueError(f"{where}: `parent` is over the budget of this run")
+    numbers = ("fitness", "start_fitness", "evaluations", "generation")
+    if not all(
+        isinstance(state[k], (int, float)) and not isinstance(state[k], bool) for k in numbers
+    ):
+        raise ValueError(f"{where}: {', '.join(numbers)} must be numbers")
+    if not isinstance(state["history"], list) or not isinstance(state["rng"], dict):
+        raise ValueError(f"{where}: `history` must be a list and `rng` an object")
+    if not 0 <= state["generation"] or not 0 <= state["evaluations"]:
+        raise ValueError(f"{where}: `generation` and `evaluations` must be >= 0")
 
 
 def finite(x: float) -> float:

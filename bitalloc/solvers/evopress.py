@@ -25,7 +25,16 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._evo import Ladders, finite, group_choice, load_state, offspring, run_key, save_state
+from ._evo import (
+    Ladders,
+    check_state,
+    finite,
+    group_choice,
+    load_state,
+    offspring,
+    run_key,
+    save_state,
+)
 from ._mckp import feasible_start
 from .base import Evaluator, infeasible, make_solution, provenance
 from .base import start as start_problem
@@ -289,11 +298,15 @@ class _Run:
             self.parent = first
             self.parent_fit = self.start_fit = self.fitness(first, self.solver.selection[-1][1])
             return
+        check_state(state, self.problem, path)  # type: ignore[arg-type]
         self.parent = np.asarray(state["parent"], dtype=np.int64)
+        try:
+            self.rng.bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"`checkpoint` {os.fspath(path)!r}: bad `rng` state: {e}") from None  # type: ignore[arg-type]
         self.parent_fit, self.start_fit = float(state["fitness"]), float(state["start_fitness"])
         self.history = [float(h) for h in state["history"]]
         self.evaluations, self.generation = int(state["evaluations"]), int(state["generation"])
-        self.rng.bit_generator.state = state["rng"]
         self.resumed_at = self.generation
 
     def evolve(self) -> None:

@@ -140,3 +140,35 @@ def test_save_follows_umask_and_keeps_existing_mode(tmp_path: Path) -> None:
         assert kept.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_deeply_nested_json_is_a_value_error(tmp_path: Path) -> None:
+    """Issue 11 D9: ``[`` 100k times is not a RecursionError."""
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply|not valid JSON"):
+        Solution.load(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        Solution.load(path)
+
+
+@pytest.mark.parametrize(
+    "shape", [[-64, 64], [0, 64], [64.7, 64], [1e30, 64], [], ["64", 64], [True, 64]]
+)
+def test_impossible_unit_shapes_are_refused_at_load(tmp_path: Path, shape: list) -> None:
+    """Issue 11 D10: negative, zero, fractional, huge, empty or non-number shapes."""
+    d = make_solution().to_dict()
+    d["space"]["units"][0]["shape"] = shape
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="`shape` must be whole numbers"):
+        Solution.load(path)
+
+
+def test_whole_float_shapes_still_load(tmp_path: Path) -> None:
+    d = make_solution().to_dict()
+    d["space"]["units"][0]["shape"] = [float(x) for x in d["space"]["units"][0]["shape"]]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(d))
+    assert Solution.load(path) == make_solution()

@@ -212,6 +212,50 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
         solver.solve(table, budget_between(table, 0.3))
 
 
+def _over_budget_parent(table, budget) -> list[int]:  # noqa: ANN001
+    from bitalloc.search.problem import Problem
+
+    problem = Problem.build(table, budget)
+    costs = np.where(problem.allowed, problem.costs, -np.inf)
+    return [int(j) for j in costs.argmax(axis=1)]  # the most expensive plan
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s, p: [1, 2], "not an object"),
+        (lambda s, p: {k: v for k, v in s.items() if k != "parent"}, "lacks parent"),
+        (lambda s, p: {**s, "parent": s["parent"][:-1]}, "list of"),
+        (lambda s, p: {**s, "parent": [99] * len(s["parent"])}, "outside"),
+        (lambda s, p: {**s, "parent": [-1] * len(s["parent"])}, "outside"),
+        (lambda s, p: {**s, "parent": ["a"] * len(s["parent"])}, "list of"),
+        (lambda s, p: {**s, "parent": p}, "over the budget"),
+        (lambda s, p: {**s, "rng": {"bit_generator": "nope"}}, "rng"),
+        (lambda s, p: {**s, "generation": -3}, ">= 0"),
+    ],
+)
+def test_malformed_checkpoint_bodies_are_refused_on_load(tmp_path: Path, edit, message) -> None:  # noqa: ANN001
+    """Issue 11 D8: the right ``run`` key with a broken body is a ValueError before any
+    generation runs, never an AttributeError/KeyError/IndexError or a late RuntimeError."""
+    table = random_table(10)
+    budget = budget_between(table, 0.3)
+    path = tmp_path / "run.json"
+    calls: list[int] = []
+
+    def fit(plan, tokens=None) -> float:  # noqa: ANN001
+        calls.append(1)
+        return float(plan.objective)
+
+    solver = EvoPressSolver(generations=2, start="uniform", checkpoint=path)
+    solver.solve(table, budget, fit)
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(state, _over_budget_parent(table, budget))))
+    calls.clear()
+    with pytest.raises(ValueError, match=message):
+        EvoPressSolver(generations=4, start="uniform", checkpoint=path).solve(table, budget, fit)
+    assert not calls
+
+
 def test_uniform_start_falls_back_to_cheapest_plan() -> None:
     table = random_table(0, n_units=8, formats=FORMATS4, ties=(), keep_first=False, mask_prob=0.5)
     budget = budget_between(table, 0.5, uniform_feasible=False)
