@@ -135,6 +135,7 @@ def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
         (["--avg-bits", "3", "--backend", "awq"], "unknown backend 'awq'"),
         (["--avg-bits", "3", "--time-limit", "-5"], "`time_limit` must be a number of seconds"),
         (["--avg-bits", "3", "--generations", "5"], "--generations need --solver evopress"),
+        (["--avg-bits", "3", "--seq-len", "100000"], "longer than the context"),
     ],
 )
 def test_search_bad_input_exits_2_and_writes_nothing(

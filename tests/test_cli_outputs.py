@@ -210,3 +210,25 @@ def test_a_failed_set_write_leaves_every_old_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.csv"]
     atomic_write_set({a: lambda p: p.write_text("new a"), b: lambda p: p.write_text("new b")})
     assert a.read_text() == "new a" and b.read_text() == "new b"
+
+
+def test_study_create_refuses_budgets_the_formats_cannot_meet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11 D12: ``--budgets 50`` is refused at create time, no storage is written."""
+    storage = tmp_path / "s.journal"
+    argv = [
+        "study",
+        "create",
+        "s",
+        "--model",
+        "tiny",
+        "--kind",
+        "budget-sweep",
+        "--storage",
+        str(storage),
+    ]
+    for budgets in ("50", "1.0,3", "3,16.5"):
+        assert main([*argv, "--budgets", budgets]) == 2
+        _one_line_error(capsys, "`budgets`", "outside what `formats`")
+    assert not storage.exists()

@@ -43,7 +43,9 @@ def progress(desc: str, quiet: bool) -> Any:
     return cb
 
 
-def load_model(name: str) -> tuple[Any, Any]:
+def load_model(name: str, lengths: Sequence[tuple[str, int]] = ()) -> tuple[Any, Any]:
+    """Load ``name``; ``lengths`` are ``(flag, tokens)`` window lengths the command will run,
+    refused when they exceed the model's context (``max_position_embeddings``)."""
     from ..models import load
 
     started = time.perf_counter()
@@ -51,6 +53,10 @@ def load_model(name: str) -> tuple[Any, Any]:
     logging.getLogger("bitalloc").info(
         "model %s loaded in %.1f s", name, time.perf_counter() - started
     )
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    for flag, n in lengths:
+        if isinstance(context, int) and n > context:
+            raise CliError(f"{flag} {n} is longer than the context of {name} ({context} tokens)")
     return model, tok
 
 

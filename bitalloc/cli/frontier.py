@@ -102,7 +102,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     if "seed" in {f.name for f in dataclasses.fields(SOLVERS.cls(args.solver))}:
         opts.setdefault("seed", args.seed)
     impl = SOLVERS.get(args.solver, **opts)
-    model, tok = load_model(args.model)
+    lengths = [("--seq-len", args.seq_len), ("--eval-seq-len", args.eval_seq_len)]
+    model, tok = load_model(args.model, lengths)
     calib = calibration(tok, args.n_samples, args.seq_len, seed=args.seed)
     space = SearchSpace.from_model(model, formats, tie="auto", example_input=calib.batches[0])
     table = estimate_table(model, space, calib, args)

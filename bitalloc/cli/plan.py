@@ -43,7 +43,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         check_output(args.table, "--table")
     if args.checkpoint:
         check_output(args.checkpoint, "--checkpoint")
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, [("--seq-len", args.seq_len)])
     calib = (
         calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
     )
@@ -130,7 +130,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.text:
         text = read_text(args.text, "--text")
     anchors = _anchor_plans(args, sol)
-    model, tok = load_model(model_name)
+    model, tok = load_model(model_name, [("--seq-len", args.seq_len)])
     backend = args.backend if args.backend is not None else plan_backend(sol)
     calib = plan_calibration(tok, sol, backend, args)
     result = evaluate_plan(

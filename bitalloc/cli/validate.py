@@ -31,7 +31,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise CliError(
             f"--budgets must be comma-separated numbers, got {args.budgets!r}"
         ) from None
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, [("--seq-len", args.seq_len)])
     calib = calibration(tok, args.n_samples, args.seq_len, seed=args.seed)
     space = SearchSpace.from_model(
         model, parse_formats(args.formats), tie="auto", example_input=calib.batches[0]

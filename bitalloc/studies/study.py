@@ -88,6 +88,7 @@ class StudyConfig:
             raise ValueError("`formats`, `estimators` and `solvers` must each be non-empty")
         if any(not math.isfinite(b) or b <= 0 for b in self.budgets):
             raise ValueError(f"`budgets` must be positive average bits, got {self.budgets}")
+        self._check_budget_range()
         if self.kind == "sweep" and not self.budgets:
             raise ValueError("a sweep needs `budgets` (average bits)")
         if self.kind == "sample" and len(self.budgets) > 1:
@@ -95,6 +96,21 @@ class StudyConfig:
         for name in ("n_windows", "seq_len", "n_calib"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
+
+    def _check_budget_range(self) -> None:
+        """Refuse budgets no plan of ``formats`` can meet (checked on a large nominal weight:
+        the exact bounds depend on the model's shapes and are checked per trial)."""
+        from ..search.formats import parse_formats
+
+        shape = (4096, 4096)
+        bits = [f.bits_per_weight(shape) for f in parse_formats(list(self.formats))]
+        low, high = min(bits), max(bits)
+        bad = [b for b in self.budgets if not low * 0.95 <= b <= high * 1.05]
+        if bad:
+            raise ValueError(
+                f"`budgets` {bad} are outside what `formats` {list(self.formats)} can store: "
+                f"average bits from about {low:.3g} to {high:.3g}"
+            )
 
     def grid(self) -> list[dict[str, Any]]:
         """Sweep points, budget-major: ``{"budget", "estimator", "solver"}`` dicts."""
