@@ -47,6 +47,13 @@ class Calibration:
             object.__setattr__(self, "batches", tuple(self.batches))
         if len(self.batches) == 0:
             raise ValueError("`calib.batches` is empty: give at least one calibration batch")
+        for i, batch in enumerate(self.batches):
+            ids = _token_ids(batch)
+            if ids is not None and (ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1):
+                raise ValueError(
+                    f"`calib` batch {i} has token ids of shape {tuple(ids.shape)}: token "
+                    "batches must be [rows >= 1, tokens >= 1]"
+                )
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -72,6 +79,16 @@ def _byte_dtype() -> Any:
     import torch
 
     return torch.uint8
+
+
+def _token_ids(batch: Any) -> torch.Tensor | None:
+    """The batch's integer token ids (a tensor, or a mapping's ``input_ids``), else ``None``."""
+    import torch
+
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else batch
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex:
+        return None
+    return None if ids.dtype == torch.bool else ids
 
 
 def _ids(batch: Any) -> torch.Tensor:

@@ -52,6 +52,12 @@ def batch_loss(model: nn.Module, calib: Calibration, index: int) -> torch.Tensor
     batch = calib.batches[index]
     loss = resolve_loss(calib, calib.forward(model, batch), batch)
     if not bool(torch.isfinite(loss.detach())):
+        ids = batch.get("input_ids") if isinstance(batch, Mapping) else batch
+        if getattr(ids, "ndim", 0) == 2 and ids.shape[1] < 2:
+            raise ValueError(
+                f"calibration batch {index} has fewer than 2 tokens per row "
+                f"(shape {tuple(ids.shape)}): a next-token loss needs at least 2"
+            )
         raise ValueError(
             f"non-finite loss on calibration batch {index} ({float(loss.detach()):g})"
         )

@@ -106,6 +106,14 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
+def _finished(study: optuna.Study, trial_id: int) -> bool:
+    """Whether the trial is no longer RUNNING in the storage (failed as stale by another
+    worker while this one was paused)."""
+    from optuna.trial import TrialState
+
+    return study._storage.get_trial(trial_id).state is not TrialState.RUNNING
+
+
 def _others_running(study: optuna.Study) -> bool:
     from optuna.trial import TrialState
 
@@ -162,9 +170,23 @@ def run_worker(
                 values = list(objective(trial))
             except (Infeasible, optuna.TrialPruned):
                 state = TrialState.PRUNED
+            except optuna.exceptions.UpdateFinishedTrialError:
+                state = None  # see below
             except BaseException as e:
                 state, error = TrialState.FAIL, e
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                try:
+                    trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    state, error = None, None
+        if state is None or _finished(study, trial._trial_id):
+            # this worker was paused (SIGSTOP, a suspended laptop) past the grace period:
+            # another worker failed the trial as stale and re-queued its params
+            log.warning(
+                "trial %d was failed as stale while this worker was paused; its retry is "
+                "queued, this worker's result is dropped",
+                trial.number,
+            )
+            continue
         frozen = study.tell(trial, values, state=state, skip_if_finished=True)
         counts[state] += 1
         log.info("trial %d %s %s", frozen.number, state.name, values or "")

@@ -149,3 +149,32 @@ def test_real_sigkills_mid_write_never_make_the_journal_unreadable(tmp_path) -> 
         assert len(logs) == complete + 1 and path.read_bytes().endswith(b"\n")
         path.unlink()
     assert torn >= 1, f"no kill in {rounds} rounds landed mid-record: nothing was tested"
+
+
+def test_a_worker_paused_past_the_grace_period_drops_the_failed_trial_and_goes_on(
+    tmp_path, study_name, tiny_config
+) -> None:
+    """Issue 11 D3: while this worker was stopped, another failed its trial as stale; on
+    continuing, its writes to that trial raise UpdateFinishedTrialError. It must go on."""
+    from optuna.trial import TrialState
+
+    from bitalloc.studies.objective import PlanObjective
+    from bitalloc.studies.study import create_study
+    from bitalloc.studies.worker import run_worker
+
+    cfg = tiny_config(kind="sweep", budgets=(3.0, 4.0), solvers=("greedy",))
+    study = create_study(study_name, cfg, str(tmp_path / "p.journal"))
+    real = PlanObjective.from_config(cfg)
+    seen: list[int] = []
+
+    def objective(trial):
+        if not seen:  # first trial: "another worker" fails it as stale mid-run
+            seen.append(trial.number)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return real(trial)
+
+    report = run_worker(study, objective)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[seen[0]] is TrialState.FAIL
+    assert report.completed == 1 and report.failed == 0
+    assert sum(s is TrialState.COMPLETE for s in states.values()) == 1
