@@ -128,13 +128,13 @@ def test_sweep_infeasible_and_failing_trials(tmp_path, study_name, tiny_config) 
     from bitalloc.studies.study import create_study
     from bitalloc.studies.worker import run_worker
 
-    cfg = tiny_config(kind="sweep", budgets=(2.4, 4.0), solvers=("greedy",))
+    cfg = tiny_config(kind="sweep", budgets=(2.2, 4.0), solvers=("greedy",))
     storage = str(tmp_path / "s.journal")
     study = create_study(study_name, cfg, storage)
     report = run_worker(study, PlanObjective.from_config(cfg))
     assert (report.completed, report.pruned) == (1, 1)
     pruned = study.get_trials(states=(TrialState.PRUNED,))[0]
-    assert pruned.params["budget"] == 2.4 and "minimum" in pruned.user_attrs["infeasible"]
+    assert pruned.params["budget"] == 2.2 and "minimum" in pruned.user_attrs["infeasible"]
 
     def broken(trial):
         raise RuntimeError("boom")
