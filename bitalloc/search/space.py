@@ -124,11 +124,15 @@ class SearchSpace:
         names = [u.name for u in self.units]
         if len(set(names)) != len(names):
             raise ValueError("duplicate unit names in the search space")
-        keys = {f.key for f in self.formats}
+        by_key = {f.key: f for f in self.formats}
         for u in self.units:
-            bad = set(u.allowed) - keys
+            bad = set(u.allowed) - set(by_key)
             if bad:
                 raise ValueError(f"unit {u.name!r} allows formats {sorted(bad)} not in the space")
+            for key in u.allowed:
+                why = by_key[key].unsupported_reason(u.shape)
+                if why:
+                    raise ValueError(f"unit {u.name!r} allows {key}, which it cannot take: {why}")
             if not u.allowed:
                 why = [r for f in self.formats if (r := f.unsupported_reason(u.shape))]
                 raise ValueError(
