@@ -130,9 +130,11 @@ class SearchSpace:
             if bad:
                 raise ValueError(f"unit {u.name!r} allows formats {sorted(bad)} not in the space")
             for key in u.allowed:
-                why = by_key[key].unsupported_reason(u.shape)
-                if why:
-                    raise ValueError(f"unit {u.name!r} allows {key}, which it cannot take: {why}")
+                reason = by_key[key].unsupported_reason(u.shape)
+                if reason:
+                    raise ValueError(
+                        f"unit {u.name!r} allows {key}, which it cannot take: {reason}"
+                    )
             if not u.allowed:
                 why = [r for f in self.formats if (r := f.unsupported_reason(u.shape))]
                 raise ValueError(
