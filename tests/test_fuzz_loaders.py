@@ -273,3 +273,37 @@ def test_cli_argument_parser(argv: list[str]) -> None:
         parser.parse_args(argv)
     except SystemExit as e:
         assert e.code in (0, 2)
+
+
+@pytest.fixture(scope="module")
+def packed_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from bitalloc.backends.packed import save_packed
+    from bitalloc.solvers import SOLVERS
+    from tests.conftest import make_tiny_llama
+
+    model = make_tiny_llama()
+    space = SearchSpace.from_model(model, ["int4-g32", "int8-pc"], tie=None)
+    table = SensitivityTable(space, np.array([[2.0, 1.0]] * len(space)), "test")
+    plan = SOLVERS.get("ilp").solve(table, Budget.avg_bits(6.0))
+    path = tmp_path_factory.mktemp("packed") / "m.safetensors"
+    save_packed(model, plan, path)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(
+    cut=st.integers(0, 3000),
+    flips=st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 255)), max_size=4),
+)
+def test_packed_checkpoint_loader(
+    tmp_path: Path, packed_bytes: bytes, cut: int, flips: list[tuple[int, int]]
+) -> None:
+    """Flips land in the safetensors header (its JSON and the plan in its metadata)."""
+    from bitalloc.backends.packed import read_packed
+
+    data = bytearray(packed_bytes)
+    for at, byte in flips:
+        data[at % min(len(data), 3000)] = byte
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(bytes(data[: max(0, len(data) - cut)]))
+    _load_or_refuse(read_packed, path)

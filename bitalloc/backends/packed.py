@@ -253,7 +253,7 @@ def read_packed(path: str | os.PathLike[str]) -> tuple[Solution, dict[str, torch
         raise ValueError(f"unsupported packed checkpoint version {meta.get('version')!r}")
     try:
         plan = Solution.from_dict(json.loads(meta["bitalloc.plan"]))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"packed checkpoint {os.fspath(path)!r}: bad plan JSON: {e}") from None
     return plan, tensors
 
