@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ..search._io import atomic_write
+from ..search._io import atomic_write, parse_json
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
@@ -251,10 +251,8 @@ def read_packed(path: str | os.PathLike[str]) -> tuple[Solution, dict[str, torch
         raise ValueError(f"{os.fspath(path)!r} is not a bitalloc packed checkpoint")
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"unsupported packed checkpoint version {meta.get('version')!r}")
-    try:
-        plan = Solution.from_dict(json.loads(meta["bitalloc.plan"]))
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"packed checkpoint {os.fspath(path)!r}: bad plan JSON: {e}") from None
+    doc = parse_json(meta["bitalloc.plan"], f"the plan in packed checkpoint {os.fspath(path)!r}")
+    plan = Solution.from_dict(doc)
     return plan, tensors
 
 

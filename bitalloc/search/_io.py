@@ -108,12 +108,18 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"cannot read {what} {os.fspath(path)!r}: {e.strerror}") from None
+    return parse_json(text, f"{what} {os.fspath(path)!r}")
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """``json.loads(text)``; invalid or too deeply nested JSON raises ValueError naming
+    ``where``."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {os.fspath(path)!r} is not valid JSON: {e}") from None
+        raise ValueError(f"{where} is not valid JSON: {e}") from None
     except RecursionError:
-        raise ValueError(f"{what} {os.fspath(path)!r} is nested too deeply to be one") from None
+        raise ValueError(f"{where} is nested too deeply to be one") from None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -48,7 +48,7 @@ class Calibration:
         if len(self.batches) == 0:
             raise ValueError("`calib.batches` is empty: give at least one calibration batch")
         for i, batch in enumerate(self.batches):
-            ids = _token_ids(batch)
+            ids = token_ids(batch)
             if ids is not None and (ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1):
                 raise ValueError(
                     f"`calib` batch {i} has token ids of shape {tuple(ids.shape)}: token "
@@ -81,7 +81,7 @@ def _byte_dtype() -> Any:
     return torch.uint8
 
 
-def _token_ids(batch: Any) -> torch.Tensor | None:
+def token_ids(batch: Any) -> torch.Tensor | None:
     """The batch's integer token ids (a tensor, or a mapping's ``input_ids``), else ``None``."""
     import torch
 

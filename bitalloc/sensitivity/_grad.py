@@ -52,8 +52,10 @@ def batch_loss(model: nn.Module, calib: Calibration, index: int) -> torch.Tensor
     batch = calib.batches[index]
     loss = resolve_loss(calib, calib.forward(model, batch), batch)
     if not bool(torch.isfinite(loss.detach())):
-        ids = batch.get("input_ids") if isinstance(batch, Mapping) else batch
-        if getattr(ids, "ndim", 0) == 2 and ids.shape[1] < 2:
+        from ..search.calibration import token_ids
+
+        ids = token_ids(batch)  # validated [rows, tokens] by Calibration
+        if ids is not None and ids.shape[1] < 2:
             raise ValueError(
                 f"calibration batch {index} has fewer than 2 tokens per row "
                 f"(shape {tuple(ids.shape)}): a next-token loss needs at least 2"

@@ -166,6 +166,7 @@ def open_storage(
     """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import SQLAlchemyError
 
     opts = options or StorageOptions()
     if not isinstance(spec, StorageSpec):
@@ -180,19 +181,9 @@ def open_storage(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return _open(spec, opts, RetryHeartbeatStaleTrialCallback(max_retry=opts.max_retry))
-        except ImportError:
-            raise
-        except Exception as e:
-            if not _is_storage_error(e):
-                raise
+        except (SQLAlchemyError, OSError) as e:  # unreachable server, not a database
             reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
             raise ValueError(f"cannot open `storage` {spec.describe()}: {reason}") from None
-
-
-def _is_storage_error(e: Exception) -> bool:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    return isinstance(e, (SQLAlchemyError, OSError))
 
 
 def _open(spec: StorageSpec, opts: StorageOptions, retry: Callable[..., None]) -> Any:
