@@ -86,7 +86,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..data import calibration
-    from ..search._io import atomic_write_set
+    from ..search._io import atomic_write_folder
     from ..search.api import frontier
     from ..search.budget import Budget
     from ..search.formats import parse_formats
@@ -122,12 +122,13 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     out = Path(args.out)
     by = "kl" if "kl" in front.metrics() else "predicted"
     title = f"{args.model}: {table.estimator}, {args.solver}"
-    atomic_write_set(  # the three files as one set: a kill never mixes old and new
+    atomic_write_folder(  # the three files as one set: a kill never mixes old and new
+        out,
         {
-            out / "frontier.json": front.save,
-            out / "frontier.csv": lambda p: p.write_text(frame.to_csv(index=False)),
-            out / "frontier.png": lambda p: front.plot(p, by=by, title=title),
-        }
+            "frontier.json": front.save,
+            "frontier.csv": lambda p: p.write_text(frame.to_csv(index=False)),
+            "frontier.png": lambda p: front.plot(p, by=by, title=title),
+        },
     )
     cols = ["avg_bits", "predicted_loss", *front.metrics(), "status"]
     rows = shown.to_frame()

@@ -3,19 +3,31 @@
 A reader never sees a half-written file and a failed write leaves the old file untouched.
 Temp files are named ``.NAME.<pid>.<random>.tmp``; one left by a writer that was killed (its
 process is gone) is removed by the next write to the same target.
+
+A set of files that must change together (a frontier's .json/.csv/.png) is written with
+:func:`atomic_write_folder`: the new folder is staged beside the old one and the two are
+swapped by one ``renameat2(RENAME_EXCHANGE)``, so a reader (or a SIGKILL) sees the old set or
+the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import glob
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 STALE_UNOWNED_S = 24 * 3600  # temp files without a pid in their name (older versions)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
@@ -49,6 +61,113 @@ def atomic_write_set(
     return [target for _, target in staged]
 
 
+def atomic_write_folder(
+    folder: str | os.PathLike[str], writes: dict[str, Callable[[Path], object]]
+) -> list[Path]:
+    """Write the files ``writes`` (name -> ``write(tmp_path)``) into ``folder`` as one set.
+
+    The folder is staged as ``.NAME.<pid>.<random>.tmp`` beside it: the folder's other
+    entries are hard-linked in (no data is copied or lost), the new files are written and
+    synced, then the staged and the live folder are exchanged atomically
+    (``renameat2(RENAME_EXCHANGE)``) and the old one is removed. Where the file system cannot
+    exchange (or hard-link), the files are replaced one by one as :func:`atomic_write_set`
+    does, and a crash in the microseconds between those renames can mix old and new.
+    """
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
+    if not target.exists():  # nothing to mix with: build it aside, rename it into place
+        stage = _stage_folder(target)
+        try:
+            _write_staged(stage, writes)
+            os.rename(stage, target)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return [target / name for name in writes]
+    stage = _stage_folder(target)
+    try:
+        _link_others(target, stage, set(writes))
+        _write_staged(stage, writes)
+        _exchange(stage, target)
+    except _CannotSwap as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        log.debug("folder swap unavailable for %s (%s): replacing file by file", target, e)
+        return atomic_write_set({target / name: write for name, write in writes.items()})
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)  # the old folder, now at the stage's name
+    return [target / name for name in writes]
+
+
+class _CannotSwap(OSError):
+    pass
+
+
+def _stage_folder(target: Path) -> Path:
+    stage = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    )
+    try:
+        os.chmod(stage, (target.stat().st_mode if target.exists() else 0o777 & ~_umask()) & 0o7777)
+    except OSError:
+        pass
+    return stage
+
+
+def _link_others(target: Path, stage: Path, names: set[str]) -> None:
+    for entry in os.scandir(target):
+        if entry.name in names:
+            continue
+        dst = stage / entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.copytree(entry.path, dst, symlinks=True, copy_function=os.link)
+            elif entry.is_symlink():
+                os.symlink(os.readlink(entry.path), dst)
+            else:
+                os.link(entry.path, dst)
+        except OSError as e:
+            if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise _CannotSwap(e.errno, f"cannot hard-link {entry.path}") from None
+            raise
+
+
+def _write_staged(stage: Path, writes: dict[str, Callable[[Path], object]]) -> None:
+    for name, write in writes.items():
+        path = stage / name
+        write(path)
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(stage, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux ``renameat2``); :class:`_CannotSwap` where the
+    platform or the file system has no exchange."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        raise _CannotSwap(errno.ENOSYS, "renameat2 is not available") from None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+            raise _CannotSwap(err, os.strerror(err))
+        raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _temp_for(target: Path) -> Path:
     prefix = f".{target.name}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
@@ -58,8 +177,9 @@ def _temp_for(target: Path) -> Path:
 
 
 def remove_stale_temps(target: Path) -> list[Path]:
-    """Remove ``.NAME.<pid>.*.tmp`` files next to ``target`` whose writer process is gone
-    (and pid-less ``.NAME.*.tmp`` ones older than a day); returns what was removed."""
+    """Remove ``.NAME.<pid>.*.tmp`` files (and staged folders) next to ``target`` whose
+    writer process is gone (and pid-less ``.NAME.*.tmp`` ones older than a day); returns
+    what was removed."""
     import time
 
     removed = []
@@ -72,7 +192,10 @@ def remove_stale_temps(target: Path) -> list[Path]:
                     continue
             elif time.time() - tmp.stat().st_mtime < STALE_UNOWNED_S:
                 continue
-            tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
         except OSError:
             continue  # gone already, or not ours to remove
         removed.append(tmp)
@@ -96,9 +219,7 @@ def _mode(target: Path) -> int:
     try:
         return target.stat().st_mode & 0o777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:

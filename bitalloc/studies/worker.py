@@ -13,7 +13,10 @@ seconds while it runs. Before each claim the worker fails trials whose heartbeat
 older than the grace period (``optuna.storages.fail_stale_trials``), and the storage's
 :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` re-queues their params; a finished trial
 is never touched, so a SIGKILLed worker loses only the trial it was running, and that one is
-retried.
+retried. A worker killed between failing a stale trial and re-queuing it (two storage writes)
+would leave that grid point with no retry: :func:`recover` also re-queues such orphans with
+the storage's own retry callback, and :func:`claim` drops a retry that another one of the same
+failed trial already covers (two workers repairing at once), so each point runs once.
 """
 
 from __future__ import annotations
@@ -56,11 +59,43 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                if _duplicate_retry(study, t):
+                    continue
                 _beat(storage, t._trial_id)  # a trial without a beat is never found stale
                 return optuna.Trial(study, t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def _retried(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The failed trial this one retries (the last of its ``retry_history``), or ``None``."""
+    history = trial.system_attrs.get("retry_history") or ()
+    return int(history[-1]) if history else None
+
+
+def _duplicate_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` (just claimed) retries a failed trial that an earlier-numbered retry
+    already covers; if so it is finished as FAIL with the reason and ``True`` is returned."""
+    from optuna.trial import TrialState
+
+    origin = _retried(trial)
+    if origin is None:
+        return False
+    earlier = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number < trial.number and _retried(t) == origin and t.state is not TrialState.FAIL
+    ]
+    if not earlier:
+        return False
+    storage = study._storage
+    storage.set_trial_user_attr(
+        trial._trial_id, "error", f"duplicate retry of trial {origin} (trial {earlier[0].number})"
+    )
+    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    log.warning("trial %d duplicated the retry of trial %d; dropped", trial.number, origin)
+    return True
 
 
 def _beat(storage: Any, trial_id: int) -> None:
@@ -69,7 +104,8 @@ def _beat(storage: Any, trial_id: int) -> None:
 
 
 def recover(study: optuna.Study) -> None:
-    """Fail the trials whose worker stopped beating (their params are re-queued)."""
+    """Fail the trials whose worker stopped beating (their params are re-queued), and
+    re-queue stale-failed trials whose retry was never written (see the module doc)."""
     import warnings
 
     import optuna
@@ -77,6 +113,23 @@ def recover(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+        _requeue_orphans(study)
+
+
+def _requeue_orphans(study: optuna.Study) -> None:
+    """Hand every FAIL trial that no worker failed (no ``error`` attr: it was failed as stale)
+    and that no retry covers to the storage's retry callback (which honours ``max_retry``)."""
+    from optuna.trial import TrialState
+
+    retry = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if retry is None:
+        return
+    trials = study.get_trials(deepcopy=False)
+    covered = {int(n) for t in trials for n in t.system_attrs.get("retry_history") or ()}
+    for t in trials:
+        if t.state is TrialState.FAIL and "error" not in t.user_attrs and t.number not in covered:
+            log.debug("trial %d failed as stale with no retry: handing it to the retry", t.number)
+            retry(study, t)
 
 
 @contextmanager

@@ -82,3 +82,60 @@ def test_two_worker_processes(backend, request, tmp_path, spawn, study_name, tin
     assert len(set(points)) == len(points) and set(points) == grid
     pids = {str(p.pid) for p in procs}
     assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials} <= pids
+
+
+def _heartbeat_study(storage_url, study_name):
+    import optuna
+
+    from bitalloc.studies.storage import StorageOptions, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opts = StorageOptions(heartbeat_interval=1, grace_period=2)
+    return optuna.create_study(
+        storage=open_storage(storage_url, options=opts),
+        study_name=study_name,
+        directions=["minimize"] * 2,
+    )
+
+
+def test_a_stale_trial_failed_without_its_retry_is_requeued(storage_url, study_name) -> None:
+    """A worker killed between failing a stale trial and queuing its retry (two writes)
+    leaves the point with no retry: the next worker re-queues it, and it runs once."""
+    from optuna.trial import TrialState
+
+    from bitalloc.studies.worker import claim, run_worker
+
+    study = _heartbeat_study(storage_url, study_name)
+    for b in range(3):
+        study.enqueue_trial({"budget": float(b)})
+    stale = claim(study)
+    assert stale is not None
+    study._storage.set_trial_state_values(stale._trial_id, state=TrialState.FAIL)  # no retry
+    report = run_worker(study, _fast_objective)
+    trials = study.get_trials()
+    done = sorted(t.params["budget"] for t in trials if t.state is TrialState.COMPLETE)
+    assert done == [0.0, 1.0, 2.0] and report.completed == 3
+    assert [t.number for t in trials if t.state is TrialState.FAIL] == [stale.number]
+
+
+def test_two_retries_of_one_failed_trial_run_once(storage_url, study_name) -> None:
+    """Two workers repairing the same orphan at once queue two retries: only one runs."""
+    from optuna.trial import TrialState
+
+    from bitalloc.studies.worker import claim, run_worker
+
+    study = _heartbeat_study(storage_url, study_name)
+    study.enqueue_trial({"budget": 7.0})
+    stale = claim(study)
+    assert stale is not None
+    study._storage.set_trial_state_values(stale._trial_id, state=TrialState.FAIL)
+    retry = study._storage.get_heartbeat_stale_trial_callback()
+    frozen = study._storage.get_trial(stale._trial_id)
+    retry(study, frozen)
+    retry(study, frozen)
+    report = run_worker(study, _fast_objective)
+    trials = study.get_trials()
+    assert [t.params["budget"] for t in trials if t.state is TrialState.COMPLETE] == [7.0]
+    assert report.completed == 1
+    dropped = [t for t in trials if "duplicate retry" in t.user_attrs.get("error", "")]
+    assert len(dropped) == 1 and dropped[0].state is TrialState.FAIL
