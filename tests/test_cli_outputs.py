@@ -212,6 +212,59 @@ def test_a_failed_set_write_leaves_every_old_file(tmp_path: Path) -> None:
     assert a.read_text() == "new a" and b.read_text() == "new b"
 
 
+@pytest.mark.parametrize("swap", [True, False], ids=["exchange", "file-by-file"])
+def test_folder_set_write_keeps_other_files_and_replaces_the_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: bool
+) -> None:
+    """The frontier folder is written as one set (staged, then exchanged); the folder's
+    other files and sub-folders survive with their data, and nothing staged is left."""
+    from bitalloc.search import _io
+
+    if not swap:  # a file system without RENAME_EXCHANGE: the per-file fallback
+
+        def no_exchange(a: Path, b: Path) -> None:
+            raise _io._CannotSwap(22, "no exchange here")
+
+        monkeypatch.setattr(_io, "_exchange", no_exchange)
+    out = tmp_path / "front"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "n.txt").write_text("mine")
+    (out / "README").write_text("keep me")
+    (out / "a.json").write_text("old a")
+    dead = tmp_path / ".front.999999999.x.tmp"  # a staged folder of a killed writer
+    dead.mkdir()
+    (dead / "a.json").write_text("half")
+    written = _io.atomic_write_folder(
+        out, {"a.json": lambda p: p.write_text("new a"), "b.csv": lambda p: p.write_text("b")}
+    )
+    assert written == [out / "a.json", out / "b.csv"]
+    assert (out / "a.json").read_text() == "new a" and (out / "b.csv").read_text() == "b"
+    assert (out / "README").read_text() == "keep me"
+    assert (out / "notes" / "n.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["front"]
+    fresh = tmp_path / "new-front"  # a folder that did not exist is renamed into place
+    _io.atomic_write_folder(fresh, {"a.json": lambda p: p.write_text("x")})
+    assert [p.name for p in fresh.iterdir()] == ["a.json"]
+
+
+def test_a_failed_folder_set_write_leaves_the_old_folder(tmp_path: Path) -> None:
+    from bitalloc.search._io import atomic_write_folder
+
+    out = tmp_path / "front"
+    out.mkdir()
+    (out / "a.json").write_text("old a")
+
+    def fail(path: Path) -> None:
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_folder(out, {"a.json": lambda p: p.write_text("new"), "b.csv": fail})
+    assert [p.name for p in out.iterdir()] == ["a.json"]
+    assert (out / "a.json").read_text() == "old a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["front"]
+
+
 def test_study_create_refuses_budgets_the_formats_cannot_meet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,3 +42,20 @@ def test_nan_weights_are_refused_naming_the_unit_once(tiny_llama, backend) -> No
     after = tiny_llama.state_dict()
     for k in before:  # nothing was touched (NaN != NaN, so compare with equal_nan)
         assert torch.allclose(before[k], after[k], rtol=0, atol=0, equal_nan=True), k
+
+
+@pytest.mark.parametrize("method", ["fisher", "weight_error", "layer_error", "kl_probe"])
+def test_nan_weights_are_named_before_any_estimator_runs(tiny_llama, method) -> None:  # noqa: ANN001
+    """Issue 11 D18: a NaN weight is reported as such, naming its layer once, not as a NaN
+    loss or NaN activations further down the model."""
+    space = ba.SearchSpace.from_model(tiny_llama, FORMATS)
+    name = space.units[1].fqn
+    with torch.no_grad():
+        dict(tiny_llama.named_modules())[name].weight[3, 2] = float("inf")
+    gen = torch.Generator().manual_seed(0)
+    calib = Calibration(
+        batches=(torch.randint(0, 300, (1, 16), generator=gen),), loss=next_token_loss
+    )
+    with pytest.raises(ValueError, match="non-finite") as err:
+        ba.estimate(tiny_llama, space, calib, method)
+    assert str(err.value).count(name) == 1 and "no estimator can score them" in str(err.value)

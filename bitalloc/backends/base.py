@@ -112,23 +112,10 @@ def check_plan(model: nn.Module, solution: Solution) -> dict[str, nn.Module]:
     if problems:
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError("plan does not match the model: " + "; ".join(problems[:5]) + more)
-    import torch
+    from ..nn.checks import check_finite_weights
 
-    bad = sorted(
-        {
-            u.fqn
-            for u in solution.space.units
-            if not bool(torch.isfinite(found[u.name].weight).all())
-        }
-    )
-    if bad:
-        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise ValueError(
-            "non-finite (NaN/inf) weights in "
-            + ", ".join(repr(b) for b in bad[:5])
-            + more
-            + ": a quantized copy of them would be meaningless"
-        )
+    units = solution.space.units
+    check_finite_weights(model, [u.fqn for u in units], "a quantized copy would be meaningless")
     return found
 
 

@@ -47,6 +47,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {e.filename!r}" if e.filename else ""
         print(f"bitalloc {args.command}: error:{where} {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as e:
+        damaged = _storage_error(e)
+        if damaged is None:
+            raise
+        print(f"bitalloc {args.command}: error: {damaged}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _storage_error(e: Exception) -> str | None:
+    """One line for a study database that fails after it opened (a damaged SQLite file,
+    a dropped PostgreSQL connection), else ``None``. SQLAlchemy is only looked up when a
+    study command has loaded it."""
+    optuna_exc = sys.modules.get("optuna.exceptions")
+    if optuna_exc is not None and isinstance(e, optuna_exc.StorageInternalError):
+        e = e.__cause__ if isinstance(e.__cause__, Exception) else e
+    exc = sys.modules.get("sqlalchemy.exc")
+    if exc is None or not isinstance(e, exc.SQLAlchemyError):
+        if optuna_exc is None or not isinstance(e, optuna_exc.StorageInternalError):
+            return None
+    orig = getattr(e, "orig", None) or e
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return f"the study storage cannot be read ({type(orig).__name__}: {first})"
 
 
 __all__ = ["EXIT_BAD_INPUT", "CliError", "build_parser", "main", "parse_budgets"]

@@ -101,6 +101,9 @@ def estimate(
     be = _registry("backend").resolve(backend)
     if cal is None and getattr(est, "needs_calibration", False):
         raise ValueError(f"estimator {type(est).name!r} needs `calib` (calibration batches)")
+    from ..nn.checks import check_finite_weights
+
+    check_finite_weights(model, [u.fqn for u in space.units], "no estimator can score them")
     provenance = _provenance(model, cal)
     path = None
     if cache_dir is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import io
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 METRICS = ("kl", "ppl")
 COLUMNS = ("number", "series", "avg_bits", "bytes", "kl", "ppl", "predicted", "pareto")
 
+log = logging.getLogger(__name__)
+
 
 def trial_rows(study: optuna.Study, y: str = "ppl") -> list[dict[str, Any]]:
     """One row per COMPLETE trial with its series label and Pareto flag (within its series)."""
@@ -41,6 +44,10 @@ def trial_rows(study: optuna.Study, y: str = "ppl") -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         a = t.user_attrs
+        missing = [k for k in ("avg_bits", "bytes", "kl", "ppl") if k not in a]
+        if missing:  # not written by a bitalloc worker, or the storage was damaged
+            log.warning("trial %d has no %s; left out", t.number, ", ".join(missing))
+            continue
         rows.append(
             {
                 "number": t.number,

@@ -261,11 +261,20 @@ def _make_heartbeat_journal() -> type:
         def __init__(
             self, path: str, opts: StorageOptions, retry: Callable[..., None] | None
         ) -> None:
+            self.path = path  # before the first replay, which may need it for its error
             super().__init__(SafeJournalFileBackend(path))
-            self.path = path
             self._interval = opts.heartbeat_interval
             self._grace = opts.grace
             self._retry = retry
+
+        def _sync_with_backend(self) -> None:
+            try:
+                super()._sync_with_backend()
+            except (KeyError, IndexError, TypeError, ValueError, AssertionError) as e:
+                raise ValueError(
+                    f"the study journal {self.path!r} holds a record Optuna cannot replay "
+                    f"({type(e).__name__}: {e}): it was edited or damaged; restore a backup"
+                ) from None
 
         def record_heartbeat(self, trial_id: int) -> None:
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Outcome:
     exitcode: int  # -9: killed
     events: int  # writes seen before the kill (or in total)
     log: str  # the command's stdout + stderr
+    seconds: float  # wall time of the child
 
     @property
     def killed(self) -> bool:
@@ -141,6 +143,7 @@ def run(
         target=_child,
         args=(str(root), kill_at, delay_ms, list(argv), str(cwd), str(log), dict(env or {})),
     )
+    started = time.perf_counter()
     proc.start()
     proc.join(timeout)
     if proc.exitcode is None:
@@ -153,4 +156,5 @@ def run(
         (int(line.split()[1]) for line in text.splitlines() if line.startswith("crash-events ")),
         -1,
     )
-    return Outcome(exitcode=proc.exitcode, events=events, log=text)
+    seconds = time.perf_counter() - started
+    return Outcome(exitcode=proc.exitcode, events=events, log=text, seconds=seconds)
