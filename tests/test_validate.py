@@ -72,3 +72,30 @@ def test_cli_validate_json(tiny_model_dir, capsys) -> None:
     assert out["estimator"] == "fisher" and len(out["plans"]) == 4
     assert main([*args[:-3], "--budgets", "3,x", "-q"]) == 2
     assert "--budgets must be comma-separated numbers" in capsys.readouterr().err
+
+
+def test_validate_with_a_correction_ranks_the_same_plans_again(tiny_llama, tiny_calib, table):
+    """``correct=K`` fits the correction to K other plans (none of them a validation plan)
+    and re-ranks the validation plans; the fitted prediction is the correction's own."""
+    import torch
+
+    win = torch.cat([b for b in tiny_calib.batches])[:2]
+    report = validate_estimator(
+        tiny_llama, table, win, budgets=(3.0, 4.5), n_plans=6, correct=6, seed=1
+    )
+    c = report.corrected
+    assert c is not None and c.fit_plans == 6 and -1 <= c.spearman <= 1
+    assert c.correction["n_plans"] == 6 and c.correction["kind"] in (
+        "scale",
+        "bits",
+        "type",
+        "bits+type",
+    )
+    validation = {p.choice for p in random_plans(table, (3.0, 4.5), 6, seed=1)}
+    fitting = {p.choice for p in random_plans(table, (3.0, 4.5), 6, seed=2)}
+    assert len(validation) >= 3 and validation != fitting
+    plain = validate_estimator(tiny_llama, table, win, budgets=(3.0, 4.5), n_plans=6, seed=1)
+    assert plain.corrected is None
+    assert [p.kl for p in plain.plans] == pytest.approx([p.kl for p in report.plans], rel=1e-6)
+    with pytest.raises(ValueError, match=">= 4 fitting plans"):
+        validate_estimator(tiny_llama, table, win, n_plans=4, correct=2)

@@ -45,6 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         budgets=budgets,
         n_plans=args.n_plans,
         seed=args.seed,
+        correct=args.correct,
         callback=progress("plans", args.quiet),
     )
     if args.json:
@@ -64,6 +65,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"Kendall {report.kendall_ppl:+.3f}"
         )
         print(f"  within one budget (mean Spearman vs KL): {report.spearman_within:+.3f}")
+        c = report.corrected
+        if c is not None:
+            print(
+                f"  corrected table (fitted to {c.fit_plans} other plans, "
+                f"{c.correction.get('kind')}): Spearman {c.spearman:+.3f}  Kendall "
+                f"{c.kendall:+.3f}  within one budget {c.spearman_within:+.3f}"
+            )
         print(f"  ({report.time_s:.0f} s)")
     return 0
 
@@ -78,6 +86,13 @@ def register(sub: Any) -> None:
         help=ESTIMATOR_HELP,
     )
     v.add_argument("--n-plans", type=int, default=32)
+    v.add_argument(
+        "--correct",
+        type=int,
+        default=0,
+        help="also fit the measured correction to this many other plans (>= 4) and rank "
+        "the validation plans by the corrected table",
+    )
     v.add_argument("--budgets", default="2.75,3.25,3.75", help="avg bits, comma-separated")
     v.add_argument("--formats", default=DEFAULT_FORMATS)
     v.add_argument("--n-samples", type=int, default=16, help="calibration windows")

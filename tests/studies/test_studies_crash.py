@@ -202,7 +202,7 @@ def test_sigkill_study_workers_at_random_points(
     kills = 0
     for case in range(cases):
         if storage == "journal":  # at a random journal append (or just after it)
-            kill_at, delay = rng.randrange(1, 12), rng.choice([0.0, rng.uniform(0.1, 20.0)])
+            kill_at, delay = rng.randrange(1, 80), rng.choice([0.0, rng.uniform(0.1, 20.0)])
         else:  # SQLite writes from C: a random moment
             kill_at, delay = -1, rng.uniform(300.0, 3000.0)
         out = run(work, root=root, cwd=root, env=env, kill_at=kill_at, delay_ms=delay)
