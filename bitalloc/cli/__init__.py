@@ -59,13 +59,17 @@ def _storage_error(e: Exception) -> str | None:
     """One line for a study database that fails after it opened (a damaged SQLite file,
     a dropped PostgreSQL connection), else ``None``. SQLAlchemy is only looked up when a
     study command has loaded it."""
-    optuna_exc = sys.modules.get("optuna.exceptions")
-    if optuna_exc is not None and isinstance(e, optuna_exc.StorageInternalError):
-        e = e.__cause__ if isinstance(e.__cause__, Exception) else e
-    exc = sys.modules.get("sqlalchemy.exc")
-    if exc is None or not isinstance(e, exc.SQLAlchemyError):
-        if optuna_exc is None or not isinstance(e, optuna_exc.StorageInternalError):
-            return None
+    kinds = tuple(
+        getattr(sys.modules.get(module), name, None) or ()
+        for module, name in (
+            ("optuna.exceptions", "StorageInternalError"),
+            ("sqlalchemy.exc", "SQLAlchemyError"),
+        )
+    )
+    if not isinstance(e, kinds):
+        return None
+    if isinstance(e.__cause__, Exception):  # Optuna wraps the database's error
+        e = e.__cause__
     orig = getattr(e, "orig", None) or e
     first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     return f"the study storage cannot be read ({type(orig).__name__}: {first})"

@@ -76,20 +76,16 @@ def atomic_write_folder(
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
-    if not target.exists():  # nothing to mix with: build it aside, rename it into place
-        stage = _stage_folder(target)
-        try:
-            _write_staged(stage, writes)
-            os.rename(stage, target)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        return [target / name for name in writes]
+    existed = target.exists()  # if not, there is nothing to mix with: a rename suffices
     stage = _stage_folder(target)
     try:
-        _link_others(target, stage, set(writes))
+        if existed:
+            _link_others(target, stage, set(writes))
         _write_staged(stage, writes)
-        _exchange(stage, target)
+        if existed:
+            _exchange(stage, target)
+        else:
+            os.rename(stage, target)
     except _CannotSwap as e:
         shutil.rmtree(stage, ignore_errors=True)
         log.debug("folder swap unavailable for %s (%s): replacing file by file", target, e)
@@ -97,7 +93,8 @@ def atomic_write_folder(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    shutil.rmtree(stage, ignore_errors=True)  # the old folder, now at the stage's name
+    if existed:
+        shutil.rmtree(stage, ignore_errors=True)  # the old folder, now at the stage's name
     return [target / name for name in writes]
 
 

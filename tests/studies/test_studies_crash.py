@@ -40,6 +40,16 @@ run_worker(study, objective)
 """
 
 
+def _wait_for(flag: Path, proc, what: str) -> None:  # noqa: ANN001
+    """Until the worker writes ``flag``; fails with its stderr if it exits, or ``what``
+    after two minutes."""
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 @pytest.fixture(params=["journal", "sqlite"])
 def storage_url(request, tmp_path) -> str:
     if request.param == "journal":
@@ -59,11 +69,7 @@ def test_sigkill_mid_trial_then_resume(
     create_study(study_name, cfg, storage_url)
     flag = tmp_path / "blocked"
     proc = spawn("-c", BLOCKING_WORKER, study_name, storage_url, str(flag))
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "the worker never reached its third trial"
-        time.sleep(0.1)
+    _wait_for(flag, proc, "the worker never reached its third trial")
     killed = int(Path(flag).read_text())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -139,11 +145,7 @@ def test_a_worker_stopped_past_the_grace_period_goes_on_after_sigcont(
     create_study(study_name, cfg, storage_url)
     flag = tmp_path / "paused"
     proc = spawn("-c", PAUSING_WORKER, study_name, storage_url, str(flag))
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "the worker never started its first trial"
-        time.sleep(0.05)
+    _wait_for(flag, proc, "the worker never started its first trial")
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         time.sleep(3.5)  # past the 2 s grace: the trial's heartbeat is stale
