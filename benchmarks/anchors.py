@@ -72,7 +72,7 @@ class Setup:
             group = self.args.channel_group if kind == "pc" else None
             space = ba.SearchSpace.from_model(
                 self.model,
-                DEFAULT_FORMATS,
+                self.args.formats.split(",") if self.args.formats else DEFAULT_FORMATS,
                 tie=None if group else "auto",
                 channel_group=group,
                 example_input=example,
@@ -277,6 +277,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8, help="held-out Wikipedia windows")
     ap.add_argument("--lee-windows", type=int, default=4)
     ap.add_argument("--effort", default="default")
+    ap.add_argument(
+        "--formats", default="", help="menu of the bitalloc rows (default: the shipped menu)"
+    )
     ap.add_argument("--channel-group", type=int, default=64)
     ap.add_argument("--long-generations", type=int, default=100)
     ap.add_argument("--out", default="runs/anchors")

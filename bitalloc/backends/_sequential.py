@@ -16,6 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..nn.hessians import HessianHooks
+from ..nn.hessians import one_pass as hessian_pass
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -27,69 +30,6 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass early."""
 
 
-class HessianHooks:
-    """Accumulates ``sum_t x_t x_t^T`` (float64) of the input of each module while attached.
-
-    Modules fed the same tensor in one call share the accumulation (q/k/v, gate/up).
-    """
-
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
-        self.modules = modules
-        self.acc: dict[str, torch.Tensor] = {}
-        self.tokens: dict[str, int] = {}
-        self.leader: dict[str, str] = {}
-        self._memo: dict[tuple[Any, ...], str] = {}
-        self._keep: list[torch.Tensor] = []
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> HessianHooks:
-        self._handles = [
-            m.register_forward_pre_hook(self._hook(n)) for n, m in self.modules.items()
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles, self._keep, self._memo = [], [], {}
-
-    def new_call(self) -> None:
-        """Forget tensor identities (call before each forward)."""
-        self._memo, self._keep = {}, []
-
-    def _hook(self, name: str) -> Callable[..., None]:
-
-        def fn(_mod: Any, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
-            self._keep.append(x)  # pins the address so the key stays unique in this call
-            first = self._memo.setdefault(key, name)
-            self.leader.setdefault(name, first)
-            if first != name:
-                return
-            flat = x.detach().reshape(-1, x.shape[-1]).float()
-            xtx = (flat.T @ flat).double()
-            self.acc[name] = self.acc[name] + xtx if name in self.acc else xtx
-            self.tokens[name] = self.tokens.get(name, 0) + flat.shape[0]
-
-        return fn
-
-    def hessians(self) -> dict[str, torch.Tensor]:
-        """``H = 2 X^T X / n`` per module (one shared tensor for modules fed the same input);
-        ``ValueError`` when a module was never called or its inputs were not finite."""
-        import torch
-
-        missing = [n for n in self.modules if n not in self.leader]
-        if missing:
-            raise ValueError(f"the calibration forward never reached layers {missing[:5]}")
-        scaled: dict[str, torch.Tensor] = {}
-        for lead in set(self.leader.values()):
-            if not bool(torch.isfinite(self.acc[lead]).all()):
-                raise ValueError(f"non-finite (NaN/inf) activations enter {lead!r}")
-            scaled[lead] = self.acc[lead] * (2.0 / max(self.tokens[lead], 1))
-        return {n: scaled[self.leader[n]] for n in self.modules}
-
-
 def one_pass(
     model: nn.Module,
     modules: dict[str, nn.Module],
@@ -97,13 +37,7 @@ def one_pass(
     forward: Callable[[nn.Module, Any], Any],
 ) -> dict[str, torch.Tensor]:
     """Hessians of ``modules`` from one pass of ``forward`` over ``batches``."""
-    import torch
-
-    with torch.no_grad(), HessianHooks(modules) as hooks:
-        for batch in batches:
-            hooks.new_call()
-            forward(model, batch)
-    return hooks.hessians()
+    return hessian_pass(model, modules, batches, forward).hessians()
 
 
 def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:

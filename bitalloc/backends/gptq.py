@@ -105,8 +105,8 @@ class GptqBackend:
 
     def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
         """Quantize ``model`` in place; ``calib`` (Calibration or list of batches) is required."""
+        from ..nn.blocks import n_batches
         from ..search.calibration import as_calibration
-        from ..sensitivity._blocks import n_batches
 
         if calib is None:
             raise ValueError(
@@ -157,7 +157,7 @@ class GptqBackend:
         return plan
 
     def _run(self, model: nn.Module, plan: dict[str, Any], batches: Any, forward: Any, quant: Any):
-        from ..sensitivity._blocks import find_blocks
+        from ..nn.blocks import find_blocks
         from ._sequential import one_pass, sequential
 
         blocks = find_blocks(model, plan) if self.sequential else []
@@ -246,8 +246,8 @@ class GptqWeights:
     def __init__(self, backend: GptqBackend, model: nn.Module, space: SearchSpace, calib: Any):
         from torch import nn as tnn
 
+        from ..nn.blocks import n_batches
         from ..search.calibration import as_calibration
-        from ..sensitivity._blocks import n_batches
         from ..sensitivity.base import unit_modules, unit_weight
         from ._sequential import one_pass
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..nn.modes import eval_mode
 from ..search.space import SearchSpace
 from .variants import VariantCache
 
@@ -93,7 +94,7 @@ class KLEvaluator:
         self.calls += 1
         num = den = 0.0
         try:
-            with torch.no_grad(), _eval_mode(self.model):
+            with torch.no_grad(), eval_mode(self.model):
                 missing = [p for p in pieces if p not in self._refs]
                 unbuilt = [i for i, k in enumerate(choice) if not self.variants.has(i, k)]
                 if missing or unbuilt:  # both need the original weights in place
@@ -220,18 +221,3 @@ def _cut(v: Any, shape: tuple[int, ...], r0: int, r1: int, cols: int) -> Any:
     if v.dim() >= 2 and v.shape[1] == shape[-1]:
         return v[r0:r1, :cols]
     return v[r0:r1]
-
-
-class _eval_mode:
-    """Eval mode for the duration; every module's training flag is restored afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, flag in self.flags:
-            m.training = flag

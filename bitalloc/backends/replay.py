@@ -57,14 +57,14 @@ class BlockReplay:
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace, keep: int = 3) -> None:
-        from ..sensitivity._blocks import find_blocks, unit_blocks
+        from ..nn.blocks import find_blocks, owning_blocks
 
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"`keep` must be an int >= 1, got {keep!r}")
         found = find_blocks(model, {u.fqn for u in space.units})
         names = [name for name, _ in found]
         self.blocks = [block for _, block in found]
-        owner = unit_blocks(space, names)
+        owner = owning_blocks({u.name: u.fqn for u in space.units}, names)
         self.unit_block = [names.index(b) if b is not None else -1 for b in owner.values()]
         self.keep = keep
         self.stats = ReplayStats()

@@ -14,10 +14,11 @@ Sums are accumulated in float64; only one batch of logits is alive at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..nn.modes import eval_mode
 
 if TYPE_CHECKING:
     import torch
@@ -59,19 +60,6 @@ def _device(model: nn.Module) -> torch.device:
 
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-@contextmanager
-def _eval_mode(models: Sequence[nn.Module]) -> Iterator[None]:
-    """Put ``models`` in eval mode and restore each module's training flag afterwards."""
-    flags = [(m, m.training) for model in models for m in model.modules()]
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -150,7 +138,7 @@ def evaluate_lm(
     kl = dict.fromkeys(names, 0.0)
     n_windows = windows.shape[0]
     device = _device(reference)
-    with torch.no_grad(), _eval_mode([reference, *candidates.values()]):
+    with torch.no_grad(), eval_mode(reference, *candidates.values()):
         for start in range(0, n_windows, batch_size):
             batch = windows[start : start + batch_size]
             targets = batch[:, 1:].to(device).unsqueeze(-1)
@@ -215,7 +203,7 @@ def embed(
     batch_size = _check_batch_size(batch_size)
     device = _device(model)
     chunks = []
-    with torch.no_grad(), _eval_mode([model]):
+    with torch.no_grad(), eval_mode(model):
         for start in range(0, len(sentences), batch_size):
             enc = tok(
                 sentences[start : start + batch_size],

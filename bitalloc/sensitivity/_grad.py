@@ -1,10 +1,10 @@
 """Helpers shared by the gradient-based estimators (fisher, output_fisher, hessian_trace).
 
+They run under :func:`bitalloc.nn.modes.grad_scope` (only the searched weights require grad,
+eval mode, every flag restored), so a frozen model works and no ``.grad`` attribute is ever
+written (estimators use ``torch.autograd.grad``).
+
 - :func:`batch_loss` runs the model on one calibration batch and returns a finite scalar loss;
-- :func:`grad_scope` makes only the searched weights require grad for the duration of a
-  computation, in eval mode (dropout off), and restores every ``requires_grad`` flag and every
-  module's train/eval state afterwards, also on error. A frozen model therefore works, and no
-  ``.grad`` attribute is ever written (estimators use ``torch.autograd.grad``);
 - :func:`unique_weights` lists each module's weight once (several channel-slice units may
   share a module);
 - :func:`check_finite` turns a NaN/inf gradient into a ``ValueError`` naming the unit.
@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -71,15 +70,6 @@ def batch_loss(model: nn.Module, calib: Calibration, index: int) -> torch.Tensor
     return loss
 
 
-def n_batches(calib: Calibration, limit: int | None, option: str = "max_batches") -> int:
-    """How many calibration batches to use: all, or at most ``limit`` (>= 1)."""
-    if limit is None:
-        return len(calib.batches)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"`{option}` must be a positive int or None, got {limit!r}")
-    return min(limit, len(calib.batches))
-
-
 def unique_weights(
     modules: dict[str, nn.Module], space: SearchSpace
 ) -> tuple[list[str], list[torch.Tensor]]:
@@ -94,32 +84,6 @@ def unique_weights(
             fqns.append(u.fqn)
             weights.append(w)
     return fqns, weights
-
-
-@contextlib.contextmanager
-def grad_scope(model: nn.Module, weights: list[torch.Tensor]) -> Iterator[None]:
-    """Only ``weights`` require grad, the model is in eval mode and autograd is on.
-
-    Every parameter's ``requires_grad`` and every module's ``training`` flag are restored on
-    exit, also when the body raises.
-    """
-    import torch
-
-    params = list({id(p): p for p in [*model.parameters(), *weights]}.values())
-    flags = [p.requires_grad for p in params]
-    modes = [(m, m.training) for m in model.modules()]
-    wanted = {id(w) for w in weights}
-    try:
-        for p in params:
-            p.requires_grad_(id(p) in wanted)
-        model.eval()
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.train(mode)
 
 
 def check_finite(grad: torch.Tensor, what: str) -> None:

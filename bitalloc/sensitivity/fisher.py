@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..nn.blocks import n_batches
+from ..nn.modes import grad_scope
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._grad import (
     batch_loss,
     check_finite,
-    grad_scope,
-    n_batches,
     unique_weights,
     unit_rows,
     weight_grads,

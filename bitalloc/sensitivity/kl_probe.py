@@ -35,17 +35,17 @@ ones) as the loss. It is the most faithful additive estimator and the most expen
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..nn.blocks import n_batches
+from ..nn.modes import eval_no_grad
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from ._blocks import n_batches
 from .base import (
     Deltas,
     Progress,
@@ -99,7 +99,7 @@ class KlProbeEstimator:
         mask = space.mask
         total, done = int(mask.sum()), 0
         values = np.full(mask.shape, np.inf)
-        with _eval_no_grad(model):
+        with eval_no_grad(model):
             ref = reference(model, calib, n)
             for i, u in enumerate(space.units):
                 for j, fmt in enumerate(space.formats):
@@ -121,21 +121,6 @@ class KlProbeEstimator:
             "time_s": round(time.perf_counter() - started, 3),
         }
         return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
-
-
-@contextlib.contextmanager
-def _eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd; every module's training flag is restored on exit."""
-    import torch
-
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in modes:
-            m.train(mode)
 
 
 def output_logits(output: Any) -> torch.Tensor:

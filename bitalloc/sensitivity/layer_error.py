@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..nn.hessians import one_pass
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from .base import (
@@ -115,52 +116,4 @@ def collect_hessians(
     Returns ``(H per module name, tokens seen per module name)``. Modules fed the same tensor
     share the same ``H`` object. Raises ``ValueError`` on NaN/inf activations.
     """
-    import torch
-
-    acc: dict[str, torch.Tensor] = {}
-    leader: dict[str, str] = {}  # module -> module whose accumulator it shares
-    state: dict[str, Any] = {"memo": {}, "keep": [], "tokens": {}}
-
-    def hook(name: str):  # noqa: ANN202 - closure factory
-        def fn(_mod: Any, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
-            state["keep"].append(x)  # pins the address so the key stays unique in this batch
-            first = state["memo"].setdefault(key, name)
-            if name not in leader:
-                leader[name] = first
-            elif leader[name] != leader.get(first, first):
-                raise RuntimeError(f"input sharing of {name!r} changed between batches")
-            if first != name:
-                return
-            flat = x.detach().reshape(-1, x.shape[-1]).float()
-            if not torch.isfinite(flat).all():
-                raise ValueError(f"non-finite (NaN/inf) activations enter {name!r}")
-            xtx = (flat.T @ flat).double()
-            if name in acc:
-                acc[name] += xtx
-            else:
-                acc[name] = xtx
-            state["tokens"][name] = state["tokens"].get(name, 0) + flat.shape[0]
-
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            for b, batch in enumerate(calib.batches):
-                state["memo"], state["keep"] = {}, []
-                calib.forward(model, batch)
-                if callback is not None:
-                    callback(b + 1, len(calib.batches), "calibration forward")
-    finally:
-        for h in handles:
-            h.remove()
-        state["keep"] = []
-    missing = [n for n in modules if n not in leader]
-    if missing:
-        raise ValueError(f"calibration forward never reached units {missing[:5]}")
-    return (
-        {n: acc[leader[n]] for n in modules},
-        {n: int(state["tokens"][leader[n]]) for n in modules},
-    )
+    return one_pass(model, modules, calib.batches, calib.forward, callback).sums()

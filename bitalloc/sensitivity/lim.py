@@ -23,9 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..nn.blocks import find_blocks, n_batches
+from ..nn.modes import eval_no_grad
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from ._blocks import block_scaled_error, find_blocks, n_batches, unit_blocks
+from ._blocks import block_scaled_error, unit_blocks
 from .base import Deltas, Progress, backend_meta, options, require_calibration, unit_modules
 
 if TYPE_CHECKING:
@@ -139,10 +141,8 @@ def block_importance(
         return fn
 
     handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in blocks]
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_no_grad(model):
             for i in range(n_batches):
                 calib.forward(model, calib.batches[i])
                 if callback is not None:
@@ -150,6 +150,4 @@ def block_importance(
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.train(mode)
     return {n: max(0.0, 1.0 - sums[n] / counts[n]) for n, _ in blocks if n in counts}

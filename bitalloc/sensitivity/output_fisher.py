@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..nn.blocks import n_batches
+from ..nn.modes import grad_scope
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from ._grad import batch_loss, check_finite, grad_scope, n_batches, unique_weights
+from ._grad import batch_loss, check_finite, unique_weights
 from .base import (
     Deltas,
     Progress,

@@ -22,9 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..nn.blocks import find_blocks
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from ._blocks import block_scaled_error, find_blocks, unit_blocks
+from ._blocks import block_scaled_error, unit_blocks
 from .base import Deltas, Progress, backend_meta, options, unit_modules
 
 if TYPE_CHECKING:

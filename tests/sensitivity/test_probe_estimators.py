@@ -12,10 +12,11 @@ from torch import nn
 from bitalloc import SearchSpace, estimate
 from bitalloc.backends.rtn import RtnBackend
 from bitalloc.kernels import fake_quantize
+from bitalloc.nn.blocks import find_blocks
 from bitalloc.search.calibration import Calibration
 from bitalloc.sensitivity import KlProbeEstimator, LimEstimator, ZdEstimator
 from bitalloc.sensitivity import kl_probe as kl_module
-from bitalloc.sensitivity._blocks import find_blocks, unit_blocks
+from bitalloc.sensitivity._blocks import unit_blocks
 from bitalloc.sensitivity.kl_probe import monotone
 
 MINMAX = RtnBackend(grid="minmax")  # the hand computations use fake_quantize's minmax grid
