@@ -1,5 +1,6 @@
-"""Torch helpers that know no search types beyond module names: forward hooks that collect
-input statistics over calibration batches (``stats``), and weight checks (``checks``)."""
+"""Torch helpers that know no search types beyond module names: mode scopes (``modes``), input
+Hessians (``hessians``) and input moments (``stats``) from forward hooks, repeated-block
+discovery (``blocks``), and weight checks (``checks``)."""
 
 from __future__ import annotations
 
