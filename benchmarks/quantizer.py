@@ -25,10 +25,10 @@ import time
 import torch
 
 import bitalloc as ba
-from bitalloc.backends._sequential import one_pass
 from bitalloc.data import calibration, evaluate_lm, windows
 from bitalloc.kernels import grid as G
 from bitalloc.models import load
+from bitalloc.nn.hessians import one_pass
 
 VARIANTS = (
     "rtn minmax,rtn mse,rtn E[x^2] 20,rtn E[x^2] fine,rtn E[x^2] c2f,rtn block-H,"
@@ -102,7 +102,7 @@ def main() -> None:
     space = ba.SearchSpace.from_model(model, args.formats.split(","), tie=None)
     lins = {u.fqn: model.get_submodule(u.fqn) for u in space.units}
     t0 = time.perf_counter()
-    hess = one_pass(model, lins, calib.batches, calib.forward)
+    hess = one_pass(model, lins, calib.batches, calib.forward).hessians()
     t_h = time.perf_counter() - t0
     wiki = windows(tok, "wikipedia-heldout", args.seq_len, args.windows)
     lee = windows(tok, "lee", args.seq_len, args.lee_windows)

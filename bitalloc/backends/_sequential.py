@@ -7,8 +7,8 @@ Two ways of feeding the layers (GPTQ, Frantar et al. 2023, section 4 "Step 3"):
   blocks ``0..i-1``, its layers' Hessians are collected in that pass, ``quantize_block`` is
   called, and the quantized block's outputs feed block ``i + 1``. Cache arguments
   (``cache``/``past_key_values``) are dropped and ``use_cache`` is set False on the replays.
-- :func:`one_pass`: all layers' inputs from one pass of ``forward`` over the model as it is
-  (used for models without a list of repeated blocks, and for layers outside the blocks).
+- :func:`bitalloc.nn.hessians.one_pass`: all layers' inputs from one pass of ``forward`` over
+  the model as it is (models without a list of repeated blocks, layers outside the blocks).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..nn.hessians import HessianHooks
-from ..nn.hessians import one_pass as hessian_pass
 
 if TYPE_CHECKING:
     import torch
@@ -28,16 +27,6 @@ _CACHE_KEYS = ("cache", "past_key_values", "past_key_value", "layer_past")
 
 class _Stop(Exception):
     """Raised by a hook to end a forward pass early."""
-
-
-def one_pass(
-    model: nn.Module,
-    modules: dict[str, nn.Module],
-    batches: Sequence[Any],
-    forward: Callable[[nn.Module, Any], Any],
-) -> dict[str, torch.Tensor]:
-    """Hessians of ``modules`` from one pass of ``forward`` over ``batches``."""
-    return hessian_pass(model, modules, batches, forward).hessians()
 
 
 def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:

@@ -158,7 +158,8 @@ class GptqBackend:
 
     def _run(self, model: nn.Module, plan: dict[str, Any], batches: Any, forward: Any, quant: Any):
         from ..nn.blocks import find_blocks
-        from ._sequential import one_pass, sequential
+        from ..nn.hessians import one_pass
+        from ._sequential import sequential
 
         blocks = find_blocks(model, plan) if self.sequential else []
         owned: dict[str, dict[str, nn.Module]] = {}
@@ -173,7 +174,7 @@ class GptqBackend:
         rest = {fqn: mod for fqn, (mod, _) in plan.items() if fqn not in inside}
         if rest:
             log.debug("gptq: one pass for %d layers", len(rest))
-            quant(one_pass(model, rest, batches, forward))
+            quant(one_pass(model, rest, batches, forward).hessians())
 
     def _quantize_layer(
         self,
@@ -247,9 +248,9 @@ class GptqWeights:
         from torch import nn as tnn
 
         from ..nn.blocks import n_batches
+        from ..nn.hessians import one_pass
         from ..search.calibration import as_calibration
         from ..sensitivity.base import unit_modules, unit_weight
-        from ._sequential import one_pass
 
         if calib is None:
             raise ValueError(
@@ -268,7 +269,7 @@ class GptqWeights:
         self._views = [unit_weight(modules[u.name], u) for u in space.units]
         layers = {u.fqn: modules[u.name] for u in space.units}
         batches = calib.batches[: n_batches(calib, backend.max_batches)]
-        self.hessians = one_pass(model, layers, batches, calib.forward)
+        self.hessians = one_pass(model, layers, batches, calib.forward).hessians()
         self._factors: dict[tuple[int, bool], Factor] = {}
         self._layers = {u.fqn: modules[u.name].weight for u in space.units}
         self._layer: tuple[str, dict[str, Quantized]] = ("", {})  # one layer's formats
