@@ -39,9 +39,9 @@ import bitalloc as ba
 from bitalloc.backends.quantizer import Prepared
 from bitalloc.data import calibration, evaluate_lm, windows
 from bitalloc.models import cache_dir, load
+from bitalloc.nn.units import unit_weight
 from bitalloc.search.oneshot import DEFAULT_FORMATS
 from bitalloc.search.pipeline import refine
-from bitalloc.sensitivity.base import unit_weight
 
 BUDGETS = "2.75,3.0,int3-g64,3.5,4.0,int4-g64,4.5"
 ROWS = "bitalloc,bitalloc-pc,nncf_ratio,mlx_threshold,llamacpp_km,uniform,minmax-ilp,evopress-long"

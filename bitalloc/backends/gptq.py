@@ -27,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..nn.units import unit_modules, unit_weight
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
@@ -250,7 +251,6 @@ class GptqWeights:
         from ..nn.blocks import n_batches
         from ..nn.hessians import one_pass
         from ..search.calibration import as_calibration
-        from ..sensitivity.base import unit_modules, unit_weight
 
         if calib is None:
             raise ValueError(
@@ -258,7 +258,7 @@ class GptqWeights:
                 "calibration inputs); pass calib=... or use backend='rtn'"
             )
         calib = as_calibration(calib)
-        modules = unit_modules(model, space)
+        modules = unit_modules(model, space.units)
         for u in space.units:
             if not isinstance(modules[u.name], tnn.Linear):
                 raise ValueError(

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..nn.logits import RefRow, kl_rows, output_logits, reference_row
 from ..nn.modes import eval_mode
 from ..search.space import SearchSpace
 from .variants import VariantCache
@@ -32,7 +33,7 @@ class KLEvaluator:
     sequences in order, the last one truncated to a prefix, as EvoPress's token budget; ``None``
     = all), and returns the position-weighted mean KL (nats; ``attention_mask`` weights for
     mapping batches) against reference logits computed once per piece of data with the original
-    weights (:func:`bitalloc.sensitivity.kl_probe.kl_rows`, stable for tiny KLs). The original
+    weights (:func:`bitalloc.nn.logits.kl_rows`, stable for tiny KLs). The original
     weights are put back bit-exactly after every call; inside ``with evaluator:`` they stay
     swapped between calls (only units whose format changed are copied) and are restored on
     exit.
@@ -80,14 +81,12 @@ class KLEvaluator:
         self.replay = BlockReplay(model, space, replay_plans) if replay else None
         self.space = space
         self._installed: list[str | None] = [None] * len(space)  # None = original weight
-        self._refs: dict[Piece, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._refs: dict[Piece, RefRow] = {}
         self._depth = 0
         self.calls = 0
 
     def __call__(self, solution: Any, *, tokens: int | None = None) -> float:
         import torch
-
-        from ..sensitivity.kl_probe import kl_rows
 
         choice = self._check(solution)
         pieces = self.pieces(tokens)
@@ -188,24 +187,12 @@ class KLEvaluator:
         return {k: _cut(v, ids.shape, r0, r1, cols) for k, v in batch.items()}
 
     def _logits(self, piece: Piece) -> torch.Tensor:
-        from ..sensitivity.kl_probe import output_logits
-
         return output_logits(self.calib.forward(self.model, self._batch(piece)))
 
-    def _reference(self, piece: Piece) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        import torch
-
-        batch = self._batch(piece)
-        logits = self._logits(piece)
-        if not bool(torch.isfinite(logits).all()):
-            raise ValueError(f"non-finite reference output on calibration batch {piece[0]}")
-        z = logits.float().reshape(-1, logits.shape[-1])
-        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-        if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(logits.shape[:-1]):
-            w = mask.reshape(-1).to(device=z.device, dtype=torch.float32)
-        else:
-            w = torch.ones(z.shape[0], device=z.device)
-        return z, torch.logsumexp(z.double(), dim=-1), w
+    def _reference(self, piece: Piece) -> RefRow:
+        return reference_row(
+            self._batch(piece), self._logits(piece), f"calibration batch {piece[0]}"
+        )
 
 
 def _ids(batch: Any) -> torch.Tensor:

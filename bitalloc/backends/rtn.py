@@ -23,6 +23,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..nn.units import unit_modules, unit_weight
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
@@ -138,10 +139,9 @@ class RtnWeights:
     ``model`` on ``calib`` in one pass when needed. Not cached: each call quantizes."""
 
     def __init__(self, backend: RtnBackend, model: nn.Module, space: SearchSpace, calib: Any):
-        from ..sensitivity.base import unit_modules, unit_weight
 
         self.backend, self.space = backend, space
-        modules = unit_modules(model, space)
+        modules = unit_modules(model, space.units)
         self._views = [unit_weight(modules[u.name], u) for u in space.units]
         search = backend.searches(calib)
         wanda = backend.mask_score == "wanda" and any(f.is_sparse for f in space.formats)

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..nn.units import unit_modules, unit_weight
 from ..search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,12 @@ class VariantCache:
         calib: Any = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        from ..sensitivity.base import unit_modules, unit_weight
         from . import BACKENDS
 
         if not isinstance(space, SearchSpace):
             raise TypeError(f"`space` must be a SearchSpace, got {type(space).__name__}")
         self.backend = BACKENDS.resolve(backend)
-        modules = unit_modules(model, space)  # ValueError when the model lacks a unit
+        modules = unit_modules(model, space.units)  # ValueError when the model lacks a unit
         self.model, self.space, self.calib = model, space, calib
         self._views = [unit_weight(modules[u.name], u) for u in space.units]
         self.originals = [v.detach().clone() for v in self._views]

@@ -1,6 +1,7 @@
-"""Torch helpers that know no search types beyond module names: mode scopes (``modes``), input
-Hessians (``hessians``) and input moments (``stats``) from forward hooks, repeated-block
-discovery (``blocks``), and weight checks (``checks``)."""
+"""Torch helpers that know no search types beyond module and unit names: mode scopes
+(``modes``), input Hessians (``hessians``) and input moments (``stats``) from forward hooks,
+repeated-block discovery (``blocks``), unit modules and weight views (``units``), reference
+logits and per-position KL rows (``logits``), and weight checks (``checks``)."""
 
 from __future__ import annotations
 

@@ -18,11 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..nn.blocks import owning_blocks
-from .base import Deltas, Progress
+from .base import Cell, Progress, Scoring
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from ..search.space import SearchSpace
 
 
@@ -32,13 +30,10 @@ def unit_blocks(space: SearchSpace, blocks: Iterable[str]) -> dict[str, str | No
 
 
 def block_scaled_error(
-    space: SearchSpace,
-    modules: Mapping[str, nn.Module],
-    deltas: Deltas,
+    run: Scoring,
     owner: Mapping[str, str | None],
     scores: Mapping[str, float],
     callback: Progress | None = None,
-    description: str = "block score",
 ) -> tuple[np.ndarray, float]:
     """``values[i, j] = s(u_i) * ||Q_j(W_i) - W_i||^2 / ||W_module||^2`` (``inf`` where masked).
 
@@ -47,15 +42,11 @@ def block_scaled_error(
     and that fallback score.
     """
     fallback = float(np.mean(list(scores.values()))) if scores else 1.0
-    values = np.full((len(space), len(space.formats)), np.inf)
-    mask = space.mask
-    for i, u in enumerate(space.units):
-        block = owner.get(u.name)
+
+    def score(c: Cell) -> float:
+        block = owner.get(c.unit.name)
         s = scores.get(block, fallback) if block is not None else fallback
-        denom = max(float(modules[u.name].weight.detach().float().pow(2).sum()), 1e-30)
-        for j in range(len(space.formats)):
-            if mask[i, j]:
-                values[i, j] = s * float(deltas(i, j).pow(2).sum()) / denom
-        if callback is not None:
-            callback(i + 1, len(space), description)
-    return values, fallback
+        denom = max(float(c.module.weight.detach().float().pow(2).sum()), 1e-30)
+        return s * float(c.delta.pow(2).sum()) / denom
+
+    return run.per_format(score, callback=callback, description=run.estimator.name), fallback

@@ -13,11 +13,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+import numpy as np
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..search.calibration import Calibration
+    from ..search.formats import QuantFormat
     from ..search.space import SearchSpace, Unit
     from ..search.table import SensitivityTable
 
@@ -43,37 +46,6 @@ class Estimator(Protocol):
     ) -> SensitivityTable: ...
 
 
-def unit_modules(model: nn.Module, space: SearchSpace) -> dict[str, nn.Module]:
-    """Map unit names to their modules (``unit.fqn``), checking the shapes match the space.
-
-    Several channel-slice units of one layer map to the same module; slice its weight with
-    :func:`unit_weight`.
-    """
-    modules = dict(model.named_modules())
-    out = {}
-    for u in space.units:
-        mod = modules.get(u.fqn)
-        weight = getattr(mod, "weight", None)
-        if mod is None or weight is None:
-            raise ValueError(f"unit {u.name!r} of the search space is not a module with a weight")
-        if tuple(unit_weight(mod, u).shape) != u.shape:
-            raise ValueError(
-                f"unit {u.name!r}: model weight shape {tuple(weight.shape)} != space "
-                f"shape {u.shape}"
-            )
-        out[u.name] = mod
-    return out
-
-
-def unit_weight(module: nn.Module, unit: Unit) -> torch.Tensor:
-    """The unit's weight: the module's weight, or its rows ``unit.channels`` (a view)."""
-    w = module.weight
-    if unit.channels is None:
-        return w
-    start, stop = unit.channels
-    return w[start:stop]
-
-
 class Deltas:
     """``dW = W_hat - W`` (float32, the unit's shape) of every (unit, format) of ``space``.
 
@@ -88,12 +60,13 @@ class Deltas:
         self, model: nn.Module, space: SearchSpace, calib: Calibration | None, backend: Any
     ) -> None:
         from ..backends import BACKENDS
+        from ..nn.units import unit_modules, unit_weight
 
         self.backend = BACKENDS.resolve("rtn" if backend is None else backend)
         self.model, self.space, self.calib = model, space, calib
         self._source: Any = None
-        modules = unit_modules(model, space)
-        self._views = [unit_weight(modules[u.name], u) for u in space.units]
+        self.modules = unit_modules(model, space.units)
+        self._views = [unit_weight(self.modules[u.name], u) for u in space.units]
 
     @property
     def source(self) -> Any:
@@ -108,6 +81,125 @@ class Deltas:
 
     def __call__(self, i: int, j: int) -> torch.Tensor:
         return self.weight(i, j) - self._views[i].detach().float()
+
+    def view(self, i: int) -> torch.Tensor:
+        """Unit ``i``'s weight in the model (a view sharing its storage)."""
+        return self._views[i]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cell:
+    """One allowed (unit, format) pair, as :meth:`Scoring.per_format` hands it to a score."""
+
+    i: int
+    j: int
+    unit: Unit
+    fmt: QuantFormat
+    deltas: Deltas
+
+    @property
+    def module(self) -> nn.Module:
+        """The unit's module (shared by the channel slices of one layer)."""
+        return self.deltas.modules[self.unit.name]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The unit's weight in the model (a view; its rows for a channel unit)."""
+        return self.deltas.view(self.i)
+
+    @property
+    def w_hat(self) -> torch.Tensor:
+        """``W_hat``: what the backend writes for this unit in this format (float32)."""
+        return self.deltas.weight(self.i, self.j)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """``dW = W_hat - W`` (float32)."""
+        return self.deltas(self.i, self.j)
+
+
+class Scoring:
+    """The prologue, per-format loop and epilogue every estimator shares.
+
+    ``Scoring(estimator, model, space, calib, backend)`` checks the calibration (when the
+    estimator ``needs_calibration``) and that every unit is a module with a weight of the
+    space's shape (``linear_only`` names the estimator to suggest when a unit is not an
+    ``nn.Linear``), and prepares the backend's :class:`Deltas`. An estimator then computes its
+    statistics, fills the table with :meth:`per_format` and returns :meth:`table`.
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        model: nn.Module,
+        space: SearchSpace,
+        calib: Calibration | None,
+        backend: Any,
+        *,
+        linear_only: str | None = None,
+    ) -> None:
+        self.estimator, self.space = estimator, space
+        if estimator.needs_calibration:
+            calib = require_calibration(calib, estimator.name)
+        self.calib = calib
+        self.deltas = Deltas(model, space, calib, backend)
+        self.modules = self.deltas.modules
+        if linear_only is not None:
+            require_linear(self.modules, estimator.name, linear_only)
+
+    def per_format(
+        self,
+        score: Callable[[Cell], float],
+        *,
+        callback: Progress | None = None,
+        description: str | None = None,
+    ) -> np.ndarray:
+        """``values[i, j] = score(cell)`` for every allowed (unit ``i``, format ``j``), ``inf``
+        where the space masks the pair; ``callback(i + 1, n_units, description)`` after each
+        unit when both are given."""
+        space = self.space
+        values = np.full((len(space), len(space.formats)), np.inf)
+        mask = space.mask
+        for i, u in enumerate(space.units):
+            for j, fmt in enumerate(space.formats):
+                if mask[i, j]:
+                    values[i, j] = score(Cell(i, j, u, fmt, self.deltas))
+            if callback is not None and description is not None:
+                callback(i + 1, len(space), description)
+        return values
+
+    def table(self, values: np.ndarray, **meta: Any) -> SensitivityTable:
+        """The :class:`SensitivityTable` of ``values``, its meta led by the estimator's options
+        and the backend that built ``W_hat``."""
+        from ..search.table import SensitivityTable
+
+        head = {"options": options(self.estimator), "backend": backend_meta(self.deltas)}
+        return SensitivityTable(
+            space=self.space, values=values, estimator=self.estimator.name, meta=head | meta
+        )
+
+
+def monotone(values: np.ndarray, space: SearchSpace) -> np.ndarray:
+    """Force each unit's costs non-increasing as its allowed formats get wider.
+
+    Formats are ordered by ``bits_per_weight(unit.shape)``; a cost becomes the minimum of
+    itself and the costs of every strictly narrower allowed format (ModelOpt AutoQuantize's
+    ``score = min(score, prev_score)``), so a wider format never costs more than a narrower one
+    (tiny costs of wide formats sit at the noise level and may exceed a narrower one's by
+    chance). Formats of equal width are not ordered against each other. Masked entries are
+    ``inf``.
+    """
+    out = values.copy()
+    mask = space.mask
+    out[~mask] = np.inf
+    for i, u in enumerate(space.units):
+        cols = np.flatnonzero(mask[i])
+        bits = np.array([space.formats[j].bits_per_weight(u.shape) for j in cols])
+        for j, b in zip(cols, bits):
+            narrower = cols[bits < b]
+            if narrower.size:
+                out[i, j] = min(out[i, j], values[i, narrower].min())
+    return out
 
 
 def backend_meta(deltas: Deltas) -> dict[str, Any]:

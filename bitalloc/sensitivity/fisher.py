@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from ..nn.blocks import n_batches
 from ..nn.modes import grad_scope
 from ..search.table import SensitivityTable
@@ -27,7 +25,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Deltas, Progress, backend_meta, options, require_calibration, unit_modules
+from .base import Cell, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
@@ -64,22 +62,17 @@ class FisherEstimator:
     ) -> SensitivityTable:
         import torch
 
-        calib = require_calibration(calib, "fisher")
-        modules = unit_modules(model, space)
-        deltas = Deltas(model, space, calib, backend)
+        run = Scoring(self, model, space, calib, backend)
+        calib, modules = run.calib, run.modules
         n = n_batches(calib, self.max_batches)
         fisher = diagonal_fisher(model, modules, space, calib, n, callback)
         slot = weight_slot(modules, unique_weights(modules, space)[1])
-        values = np.full((len(space), len(space.formats)), np.inf)
-        mask = space.mask
-        for i, u in enumerate(space.units):
-            f = unit_rows(fisher[slot[u.name]], u.channels)
-            for j in range(len(space.formats)):
-                if mask[i, j]:
-                    dw2 = deltas(i, j).square()
-                    values[i, j] = 0.5 * float((f * dw2).sum(dtype=torch.float64))
-        meta = {"options": options(self), "batches": n, "backend": backend_meta(deltas)}
-        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
+
+        def score(c: Cell) -> float:
+            f = unit_rows(fisher[slot[c.unit.name]], c.unit.channels)
+            return 0.5 * float((f * c.delta.square()).sum(dtype=torch.float64))
+
+        return run.table(run.per_format(score), batches=n)
 
 
 def diagonal_fisher(

@@ -45,7 +45,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Deltas, Progress, backend_meta, options, require_calibration, unit_modules
+from .base import Cell, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
@@ -106,12 +106,9 @@ class HessianTraceEstimator:
         backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        calib = require_calibration(calib, "hessian_trace")
-        started = time.perf_counter()
-        modules = unit_modules(model, space)
-        deltas = Deltas(model, space, calib, backend)
+        run = Scoring(self, model, space, calib, backend)
         try:
-            traces, stderr, info = self._traces(model, modules, space, calib, callback)
+            traces, stderr, info = self._traces(model, run.modules, space, run.calib, callback)
         except RuntimeError as err:
             if "derivative for" in str(err) and "not implemented" in str(err):
                 raise ValueError(EAGER_HINT.format(err=str(err).splitlines()[0])) from err
@@ -126,23 +123,18 @@ class HessianTraceEstimator:
                 negative[:3],
                 info["probes"],
             )
-        values = np.full((len(space), len(space.formats)), np.inf)
-        mask = space.mask
-        for i, u in enumerate(space.units):
-            per_weight = max(traces[i], 0.0) / u.numel
-            for j in range(len(space.formats)):
-                if mask[i, j]:
-                    values[i, j] = per_weight * float(deltas(i, j).double().square().sum())
-        meta = {
-            "options": options(self),
-            "backend": backend_meta(deltas),
+
+        def score(c: Cell) -> float:
+            per_weight = max(traces[c.i], 0.0) / c.unit.numel
+            return per_weight * float(c.delta.double().square().sum())
+
+        return run.table(
+            run.per_format(score),
             **info,
-            "traces": {u.name: float(t) for u, t in zip(space.units, traces)},
-            "trace_stderr": {u.name: float(e) for u, e in zip(space.units, stderr)},
-            "negative_trace_units": negative,
-            "time_s": round(time.perf_counter() - started, 3),
-        }
-        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
+            traces={u.name: float(t) for u, t in zip(space.units, traces)},
+            trace_stderr={u.name: float(e) for u, e in zip(space.units, stderr)},
+            negative_trace_units=negative,
+        )
 
     def _traces(
         self,

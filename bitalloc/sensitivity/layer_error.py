@@ -13,24 +13,13 @@ Layers reading the same input tensor (q/k/v, gate/up) share one ``H``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
-
-import numpy as np
 
 from ..nn.hessians import one_pass
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import (
-    Deltas,
-    Progress,
-    backend_meta,
-    options,
-    require_calibration,
-    require_linear,
-    unit_modules,
-)
+from .base import Cell, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
@@ -68,34 +57,23 @@ class LayerErrorEstimator:
     ) -> SensitivityTable:
         import torch
 
-        calib = require_calibration(calib, "layer_error")
-        started = time.perf_counter()
-        modules = unit_modules(model, space)
-        require_linear(modules, "layer_error", "weight_error")
-        deltas = Deltas(model, space, calib, backend)
-        hessians, tokens = collect_hessians(model, modules, calib, callback)
-        values = np.full((len(space), len(space.formats)), np.inf)
-        mask = space.mask
-        with torch.no_grad():
-            for i, u in enumerate(space.units):
-                h = hessians[u.name].float()
-                n_tokens = tokens[u.name]
+        run = Scoring(self, model, space, calib, backend, linear_only="weight_error")
+        hessians, tokens = collect_hessians(model, run.modules, run.calib, callback)
+        denoms: dict[str, float] = {}
+
+        def score(c: Cell) -> float:
+            h = hessians[c.unit.name].float()
+            if c.unit.name not in denoms:
                 # NMSE: tr(dW H dW^T) / tr(W H W^T) with W the whole layer, so the costs of a
                 # layer's channel slices add up to the layer's cost; raw: tr(dW H dW^T) / N
-                full = modules[u.name].weight.detach().float()
-                denom = float(_quad(full, h)) if self.normalize else n_tokens
-                for j in range(len(space.formats)):
-                    if mask[i, j]:
-                        values[i, j] = float(_quad(deltas(i, j), h)) / max(denom, 1e-30)
-                if callback is not None:
-                    callback(i + 1, len(space), "layer error")
-        meta = {
-            "options": options(self),
-            "n_tokens": max(tokens.values()),
-            "backend": backend_meta(deltas),
-            "time_s": round(time.perf_counter() - started, 3),
-        }
-        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
+                full = c.module.weight.detach().float()
+                denom = float(_quad(full, h)) if self.normalize else tokens[c.unit.name]
+                denoms[c.unit.name] = max(denom, 1e-30)
+            return float(_quad(c.delta, h)) / denoms[c.unit.name]
+
+        with torch.no_grad():
+            values = run.per_format(score, callback=callback, description="layer error")
+        return run.table(values, n_tokens=max(tokens.values()))
 
 
 def _quad(dw: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ mean importance of the blocks, or ``1.0`` when there are none (then the cost equ
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,7 +27,7 @@ from ..nn.modes import eval_no_grad
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import block_scaled_error, unit_blocks
-from .base import Deltas, Progress, backend_meta, options, require_calibration, unit_modules
+from .base import Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
@@ -61,29 +60,22 @@ class LimEstimator:
         backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        calib = require_calibration(calib, "lim")
+        run = Scoring(self, model, space, calib, backend)
+        calib = run.calib
         n = n_batches(calib, self.max_batches)
-        started = time.perf_counter()
-        modules = unit_modules(model, space)
         blocks = find_blocks(model, {u.fqn for u in space.units})
         scores = block_importance(model, blocks, calib, n, callback) if blocks else {}
         owner = unit_blocks(space, [b for b, _ in blocks])
         missing = sorted({b for b in owner.values() if b is not None} - scores.keys())
         if missing:
             raise ValueError(f"the calibration forward never reached blocks {missing[:5]}")
-        deltas = Deltas(model, space, calib, backend)
-        values, fallback = block_scaled_error(
-            space, modules, deltas, owner, scores, callback, "lim"
+        values, fallback = block_scaled_error(run, owner, scores, callback)
+        return run.table(
+            values,
+            block_importance={b: round(s, 8) for b, s in scores.items()},
+            fallback_importance=fallback,
+            forward_passes=n if blocks else 0,
         )
-        meta = {
-            "options": options(self),
-            "backend": backend_meta(deltas),
-            "block_importance": {b: round(s, 8) for b, s in scores.items()},
-            "fallback_importance": fallback,
-            "forward_passes": n if blocks else 0,
-            "time_s": round(time.perf_counter() - started, 3),
-        }
-        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
 
 
 def _hidden(value: Any) -> torch.Tensor | None:

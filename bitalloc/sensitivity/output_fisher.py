@@ -28,15 +28,7 @@ from ..nn.modes import grad_scope
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._grad import batch_loss, check_finite, unique_weights
-from .base import (
-    Deltas,
-    Progress,
-    backend_meta,
-    options,
-    require_calibration,
-    require_linear,
-    unit_modules,
-)
+from .base import Deltas, Progress, Scoring, monotone
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,10 +64,8 @@ class OutputFisherEstimator:
         callback: Progress | None = None,
     ) -> SensitivityTable:
 
-        calib = require_calibration(calib, "output_fisher")
-        modules = unit_modules(model, space)
-        require_linear(modules, "output_fisher", "fisher")
-        deltas = Deltas(model, space, calib, backend)
+        run = Scoring(self, model, space, calib, backend, linear_only="fisher")
+        calib, modules, deltas = run.calib, run.modules, run.deltas
         n = n_batches(calib, self.max_batches)
         raw = np.zeros((len(space), len(space.formats)))
         fqns = list(dict.fromkeys(u.fqn for u in space.units))  # modules, in space order
@@ -84,9 +74,7 @@ class OutputFisherEstimator:
                 _score_batch(model, modules, space, calib, b, fqns, raw, deltas)
                 if callback is not None:
                     callback(b + 1, n, "output fisher")
-        values = monotone(raw / n, space)
-        meta = {"options": options(self), "batches": n, "backend": backend_meta(deltas)}
-        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
+        return run.table(monotone(raw / n, space), batches=n)
 
 
 def _score_batch(
@@ -139,22 +127,3 @@ def _score_batch(
                 for j, dw in dws:
                     dy2 = (x2 @ dw.to(x2.device).T).square()
                     acc[i, j] += float((g2 * dy2).sum(dtype=torch.float64))
-
-
-def monotone(values: np.ndarray, space: SearchSpace) -> np.ndarray:
-    """Force each unit's scores non-increasing as its allowed formats get wider.
-
-    Formats are ordered by ``bits_per_weight(unit.shape)``; a score becomes the minimum of
-    itself and the scores of every strictly narrower format. Masked (``inf``) entries stay.
-    """
-    out = values.copy()
-    mask = space.mask
-    out[~mask] = np.inf
-    for i, u in enumerate(space.units):
-        cols = np.flatnonzero(mask[i])
-        bits = np.array([space.formats[j].bits_per_weight(u.shape) for j in cols])
-        for j, b in zip(cols, bits):
-            narrower = cols[bits < b]
-            if narrower.size:
-                out[i, j] = min(out[i, j], values[i, narrower].min())
-    return out

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..nn.units import unit_modules, unit_weight
 from ..search.table import SensitivityTable
-from .base import unit_modules, unit_weight
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +72,7 @@ def outlier_ratios(
         raise ValueError(f"`per` must be 'block' or 'unit', got {per!r}")
     if not hyper_m > 0:
         raise ValueError(f"`hyper_m` must be positive, got {hyper_m!r}")
-    modules = unit_modules(model, space)
+    modules = unit_modules(model, space.units)
     norms = input_norms(model, sorted({u.fqn for u in space.units}), calib)
     keys = [block_of(u.fqn) if per == "block" else u.name for u in space.units]
     pooled: dict[str, list[torch.Tensor]] = {}

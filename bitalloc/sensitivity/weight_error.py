@@ -6,15 +6,12 @@ Hessian trace; Dong et al., NeurIPS 2020, eq. 2).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Deltas, Progress, backend_meta, options, unit_modules
+from .base import Cell, Progress, Scoring
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,23 +42,12 @@ class WeightErrorEstimator:
         backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        started = time.perf_counter()
-        modules = unit_modules(model, space)
-        deltas = Deltas(model, space, calib, backend)
-        values = np.full((len(space), len(space.formats)), np.inf)
-        mask = space.mask
-        for i, u in enumerate(space.units):
+        run = Scoring(self, model, space, calib, backend)
+
+        def score(c: Cell) -> float:
             # relative to the whole layer so that channel slices add up to the layer's cost
-            full = modules[u.name].weight.detach().float()
+            full = c.module.weight.detach().float()
             denom = float(full.pow(2).sum()) if self.normalize else 1.0
-            for j in range(len(space.formats)):
-                if mask[i, j]:
-                    values[i, j] = float(deltas(i, j).pow(2).sum()) / max(denom, 1e-30)
-            if callback is not None:
-                callback(i + 1, len(space), "weight error")
-        meta = {
-            "options": options(self),
-            "backend": backend_meta(deltas),
-            "time_s": round(time.perf_counter() - started, 3),
-        }
-        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
+            return float(c.delta.pow(2).sum()) / max(denom, 1e-30)
+
+        return run.table(run.per_format(score, callback=callback, description="weight error"))

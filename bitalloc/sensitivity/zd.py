@@ -18,7 +18,6 @@ outside every block (the mean over blocks, or ``1.0`` without blocks) are as in 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,7 +25,7 @@ from ..nn.blocks import find_blocks
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import block_scaled_error, unit_blocks
-from .base import Deltas, Progress, backend_meta, options, unit_modules
+from .base import Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
@@ -60,8 +59,8 @@ class ZdEstimator:
         backend: Any = None,
         callback: Progress | None = None,
     ) -> SensitivityTable:
-        started = time.perf_counter()
-        modules = unit_modules(model, space)
+        run = Scoring(self, model, space, calib, backend)
+        modules = run.modules
         blocks = find_blocks(model, {u.fqn for u in space.units})
         owner = unit_blocks(space, [b for b, _ in blocks])
         weights: dict[str, dict[int, torch.Tensor]] = {}
@@ -71,18 +70,12 @@ class ZdEstimator:
                 w = modules[u.name].weight
                 weights.setdefault(block, {})[id(w)] = w
         scores = {b: self.score(list(ws.values()), b) for b, ws in weights.items()}
-        deltas = Deltas(model, space, calib, backend)
-        values, fallback = block_scaled_error(
-            space, modules, deltas, owner, scores, callback, "zd"
+        values, fallback = block_scaled_error(run, owner, scores, callback)
+        return run.table(
+            values,
+            block_score={b: round(s, 8) for b, s in scores.items()},
+            fallback_score=fallback,
         )
-        meta = {
-            "options": options(self),
-            "backend": backend_meta(deltas),
-            "block_score": {b: round(s, 8) for b, s in scores.items()},
-            "fallback_score": fallback,
-            "time_s": round(time.perf_counter() - started, 3),
-        }
-        return SensitivityTable(space=space, values=values, estimator=self.name, meta=meta)
 
     def score(self, weights: list[torch.Tensor], block: str = "block") -> float:
         """Pooled share of weights whose per-tensor z-score exceeds ``threshold``."""

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from bitalloc.backends import BACKENDS, KLEvaluator
+from bitalloc.nn.units import unit_modules, unit_weight
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
-from bitalloc.sensitivity.base import Deltas, unit_modules, unit_weight
+from bitalloc.sensitivity.base import Deltas
 
 FORMATS = ["int2-g32", "int3-g32", "int4-g32", "int8-pc", "bf16"]
 DENSE_INT = ["int2-g32", "int3-g32", "int4-g32", "int8-pc"]
@@ -84,7 +85,7 @@ class BackendContract:
 
     def test_estimator_deltas_equal_apply(self, backend, space, tiny_llama, tiny_calib) -> None:
         deltas = Deltas(tiny_llama, space, tiny_calib, backend)
-        modules = unit_modules(tiny_llama, space)
+        modules = unit_modules(tiny_llama, space.units)
         for j, key in enumerate(space.keys):
             applied = applied_weights(tiny_llama, uniform_plan(space, key), backend, tiny_calib)
             for i, u in enumerate(space.units):
@@ -114,7 +115,7 @@ class BackendContract:
     def test_sqnr_rises_with_bits(self, backend, tiny_llama, tiny_calib) -> None:
         space = SearchSpace.from_model(tiny_llama, DENSE_INT, tie=None)
         source = backend.quantized(tiny_llama, space, tiny_calib)
-        modules = unit_modules(tiny_llama, space)
+        modules = unit_modules(tiny_llama, space.units)
         for i, u in enumerate(space.units):
             w = unit_weight(modules[u.name], u).detach().float()
             sqnr = []

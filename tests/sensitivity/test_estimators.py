@@ -87,11 +87,12 @@ def test_layer_error_equals_direct_output_error() -> None:
 
 
 def test_layer_error_shares_hessian_of_fused_inputs(tiny_llama, tiny_calib) -> None:
-    from bitalloc.sensitivity.base import unit_modules
+    from bitalloc.nn.units import unit_modules
     from bitalloc.sensitivity.layer_error import collect_hessians
 
     space = SearchSpace.from_model(tiny_llama, FORMATS)
-    hess, tokens = collect_hessians(tiny_llama, unit_modules(tiny_llama, space), tiny_calib)
+    modules = unit_modules(tiny_llama, space.units)
+    hess, tokens = collect_hessians(tiny_llama, modules, tiny_calib)
     q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
     assert hess[q] is hess[k]
     assert hess[q] is not hess["model.layers.0.self_attn.o_proj"]

@@ -14,7 +14,7 @@ from bitalloc.kernels import fake_quantize
 from bitalloc.search.calibration import Calibration
 from bitalloc.search.formats import parse_formats
 from bitalloc.search.space import Unit
-from bitalloc.sensitivity.output_fisher import monotone
+from bitalloc.sensitivity.base import monotone
 
 # The hand computations below quantize with the minmax grid (fake_quantize without
 # importance), so the tables are priced with the minmax rtn backend.

@@ -17,7 +17,7 @@ from bitalloc.search.calibration import Calibration
 from bitalloc.sensitivity import KlProbeEstimator, LimEstimator, ZdEstimator
 from bitalloc.sensitivity import kl_probe as kl_module
 from bitalloc.sensitivity._blocks import unit_blocks
-from bitalloc.sensitivity.kl_probe import monotone
+from bitalloc.sensitivity.base import monotone
 
 MINMAX = RtnBackend(grid="minmax")  # the hand computations use fake_quantize's minmax grid
 
