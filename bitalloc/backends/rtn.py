@@ -153,10 +153,12 @@ class RtnWeights:
             from torch import nn as tnn
 
             from ..nn import input_moments
+            from ..search.calibration import as_calibration
 
             units = space.units
             linear = sorted({u.fqn for u in units if isinstance(modules[u.name], tnn.Linear)})
-            moments = input_moments(model, linear, calib) if linear else {}
+            cal = as_calibration(calib)
+            moments = input_moments(model, linear, cal) if linear else {}
             if search:
                 self.importance = {f: m.mean_square for f, m in moments.items()}
             if wanda:

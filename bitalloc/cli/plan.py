@@ -279,7 +279,7 @@ def register(sub: Any) -> None:
         choices=("auto", "kl", "table"),
         default="auto",
         help="black-box solvers: measured KL on the calibration tokens or the table's "
-        "predicted loss (auto: kl for evopress, table for optuna/nsga2)",
+        "predicted loss (auto: kl where the solver declares prefers_measured, else table)",
     )
     s.add_argument("--table", help="also write the sensitivity table (.npz)")
     s.add_argument("--out", default="plan.json", help="plan file to write (default: %(default)s)")

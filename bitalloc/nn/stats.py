@@ -51,8 +51,9 @@ def input_moments(
     *,
     min_tokens: int = MIN_TOKENS,
 ) -> dict[str, InputMoments]:
-    """Input moments of the ``nn.Linear`` modules ``fqns`` over every batch of
-    ``calib`` (a :class:`~bitalloc.search.calibration.Calibration` or a list of batches).
+    """Input moments of the ``nn.Linear`` modules ``fqns`` over every batch of ``calib``
+    (anything with ``batches`` and ``forward(model, batch)``, such as
+    :class:`~bitalloc.search.calibration.Calibration`).
 
     Raises ``ValueError`` naming the layer when its inputs hold NaN/inf, when the forward
     never reaches it, or when it saw fewer than ``min_tokens`` tokens.
@@ -60,9 +61,6 @@ def input_moments(
     import torch
     from torch import nn
 
-    from ..search.calibration import as_calibration
-
-    calib = as_calibration(calib)
     names = list(dict.fromkeys(fqns))
     modules = dict(model.named_modules())
     for name in names:

@@ -219,8 +219,8 @@ def solve(
     ``budget`` is a :class:`Budget` or a float meaning average bits. An infeasible budget gives
     a Solution with status INFEASIBLE and the minimum achievable budget in its message.
     ``evaluate`` (an :class:`~bitalloc.solvers.base.Evaluator`, e.g. measured KL) is passed to
-    black-box solvers (``evopress``, ``optuna``, ``nsga2``); without it they optimise the
-    table's predicted loss.
+    black-box solvers (``bitalloc.solvers.solvers_with("black_box")``); without it they
+    optimise the table's predicted loss.
 
     Example:
         >>> sol = bitalloc.solve(table, Budget.avg_bits(3.0), solver="ilp")
@@ -230,10 +230,12 @@ def solve(
     impl = _registry("solver").resolve(solver, **options)
     if evaluate is None:
         return impl.solve(table, as_budget(budget))
-    if not getattr(type(impl), "black_box", False):
+    if not type(impl).black_box:
+        from ..solvers import solvers_with
+
         raise ValueError(
             f"solver {type(impl).name!r} optimises the table only and takes no `evaluate`; "
-            "black-box solvers: evopress, optuna, nsga2"
+            f"black-box solvers: {', '.join(solvers_with('black_box'))}"
         )
     return impl.solve(table, as_budget(budget), evaluate=evaluate)
 

@@ -83,12 +83,8 @@ class Frontier:
         idx = [
             i for i, p in enumerate(self.points) if p.success and not math.isnan(self.loss(i, by))
         ]
-        idx.sort(key=lambda i: (self.points[i].nbytes, self.loss(i, by)))
-        keep: list[int] = []
-        for i in idx:
-            if not keep or self.loss(i, by) < self.loss(keep[-1], by):
-                keep.append(i)
-        return self._subset(keep)
+        front = pareto_indices([(self.points[i].nbytes, self.loss(i, by)) for i in idx])
+        return self._subset([idx[k] for k in front])
 
     def at(self, avg_bits: Sequence[float], by: str = PREDICTED) -> Frontier:
         """Per budget (average bits) the feasible point of least loss ``by`` within it, in the
@@ -253,3 +249,19 @@ class Frontier:
 
 def _series(p: Solution) -> str:
     return str(p.meta.get("source") or p.meta.get("solver") or "plan")
+
+
+def pareto_indices(
+    points: Sequence[tuple[float, float]], *, keep_duplicates: bool = False
+) -> list[int]:
+    """Indices of the points no other point dominates (both coordinates minimised), by
+    increasing first coordinate, so the second strictly decreases along them. Of equal points
+    the first is kept, or all of them with ``keep_duplicates``."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    keep: list[int] = []
+    for i in order:
+        if not keep or points[i][1] < points[keep[-1]][1]:
+            keep.append(i)
+        elif keep_duplicates and tuple(points[i]) == tuple(points[keep[-1]]):
+            keep.append(i)
+    return keep

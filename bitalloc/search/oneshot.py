@@ -128,7 +128,9 @@ def search_with_table(
     )
     if backend == "auto":
         backend = default_backend(model, space, cal)
-    be = Prepared(_registry("backend").resolve(backend), model, space, cal)
+    resolved = _registry("backend").resolve(backend)
+    space = space.for_backend(resolved)
+    be = Prepared(resolved, model, space, cal)
     table = estimate(
         model, space, cal, estimator, backend=be, cache_dir=cache_dir, callback=callback
     )
@@ -187,14 +189,17 @@ def solve_with_fitness(
 
     if fitness not in FITNESS:
         raise ValueError(f"`fitness` must be one of {', '.join(FITNESS)}, got {fitness!r}")
-    black = getattr(type(solver), "black_box", False)
+    from ..solvers import solvers_with
+
+    black = type(solver).black_box
     if fitness == "kl" and (not black or calib is None):
         raise ValueError(
-            "fitness='kl' needs a black-box solver (evopress, optuna, nsga2) and `calib`; "
+            f"fitness='kl' needs a black-box solver ({', '.join(solvers_with('black_box'))}) "
+            "and `calib`; "
             f"got solver {type(solver).name!r}"
             + ("" if calib is not None else " without calibration data")
         )
-    auto = black and calib is not None and getattr(type(solver), "prefers_measured", False)
+    auto = black and calib is not None and type(solver).prefers_measured
     if fitness == "table" or (fitness == "auto" and not auto):
         return solve(table, budget, solver)
     from ..backends.kl_evaluator import KLEvaluator

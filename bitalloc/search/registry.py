@@ -17,8 +17,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Registered implementations of one protocol, by lowercase name."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, protocol: type | None = None, hint: str = "") -> None:
+        """``protocol`` (a ``runtime_checkable`` Protocol), when given, is what :meth:`resolve`
+        checks instances against; ``hint`` ends its TypeError (how to comply)."""
+        self.kind, self.protocol, self.hint = kind, protocol, hint
         self._classes: dict[str, type[T]] = {}
         self._lazy: dict[str, str] = {}
 
@@ -72,4 +74,14 @@ class Registry(Generic[T]):
             return self.get(obj, **options)
         if options:
             raise ValueError(f"options {sorted(options)} given with a {self.kind} instance")
+        if self.protocol is not None and not isinstance(obj, self.protocol):
+            members = set(getattr(self.protocol, "__annotations__", {})) | {
+                k for k, v in vars(self.protocol).items() if callable(v)
+            }
+            missing = sorted(m for m in members if m[0] != "_" and not hasattr(obj, m))
+            raise TypeError(
+                f"`{self.kind}` must be a registered name or implement the "
+                f"{self.protocol.__name__} protocol; {type(obj).__name__} lacks "
+                f"{', '.join(missing) or 'a member'}{self.hint}"
+            )
         return obj

@@ -236,6 +236,7 @@ class SearchSpace:
         tie: Sequence[str] | str | None = None,
         channel_group: int | None = None,
         example_input: Any = None,
+        backend: Any = None,
     ) -> SearchSpace:
         """Discover the units of ``model`` (every ``nn.Linear`` and ``nn.Conv{1,2,3}d``).
 
@@ -255,6 +256,8 @@ class SearchSpace:
                 allocation across layers (MixLLM). Cannot be combined with ``tie``.
             example_input: a batch for the ``tie="auto"`` forward pass (default: 8 random
                 token ids when the model has ``config.vocab_size``).
+            backend: a backend instance; each unit keeps only the formats it can build
+                (:meth:`for_backend`; e.g. ``gptq`` builds 2-D weights only).
         """
         from .discovery import discover
 
@@ -267,7 +270,31 @@ class SearchSpace:
             channel_group=channel_group,
             example_input=example_input,
         )
-        return cls(units=units, formats=parse_formats(formats))
+        space = cls(units=units, formats=parse_formats(formats))
+        return space if backend is None else space.for_backend(backend)
+
+    def for_backend(self, backend: Any) -> SearchSpace:
+        """This space with each unit's formats cut to those ``backend`` can build
+        (``backend.supports(unit, fmt)``, e.g. a backend instance from
+        ``bitalloc.backends.BACKENDS``). ValueError naming the first unit left with none."""
+        import dataclasses
+
+        by_key = {f.key: f for f in self.formats}
+        units = []
+        for u in self.units:
+            allowed = tuple(k for k in u.allowed if backend.supports(u, by_key[k]))
+            if not allowed:
+                raise ValueError(
+                    f"backend {getattr(backend, 'name', type(backend).__name__)!r} cannot build "
+                    f"unit {u.name!r} (shape {u.shape}) in any of {list(u.allowed)}; exclude "
+                    "it or use another backend"
+                )
+            units.append(u if allowed == u.allowed else dataclasses.replace(u, allowed=allowed))
+        return (
+            self
+            if units == list(self.units)
+            else SearchSpace(units=tuple(units), formats=self.formats)
+        )
 
     def restrict(self, names: Iterable[str]) -> SearchSpace:
         """A sub-space with only ``names`` (order kept)."""

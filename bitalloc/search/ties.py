@@ -1,17 +1,13 @@
 """Automatic tie groups: units that read the same input tensor.
 
 Fused runtime kernels (q/k/v projection, gate/up in a gated MLP) multiply one activation by
-the concatenation of several weights, so those weights must share a format. We find them with
-one hooked forward pass: every unit's input tensor is identified by its storage pointer, shape
-and stride; a bipartite networkx graph (unit -- input tensor) gives the groups as connected
-components.
+the concatenation of several weights, so those weights must share a format. They are found with
+one hooked forward pass (:func:`bitalloc.nn.shared_inputs.shared_input_groups`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-import networkx as nx
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,9 +16,10 @@ if TYPE_CHECKING:
 def shared_input_groups(
     model: nn.Module, names: list[str], example: Any = None
 ) -> list[list[str]]:
-    """Groups of unit names (in model order) whose modules read the identical input tensor."""
-    import torch
-
+    """Groups of unit names (in model order) whose modules read the identical input tensor,
+    from one forward of ``example`` (default: 8 random token ids when the model has a
+    ``config.vocab_size``)."""
+    from ..nn.shared_inputs import shared_input_groups as groups
     from .calibration import default_forward
 
     modules = dict(model.named_modules())
@@ -31,34 +28,7 @@ def shared_input_groups(
         raise ValueError(f"units not found in the model: {missing[:5]}")
     if example is None:
         example = _example_input(model)
-    graph = nx.Graph()
-    graph.add_nodes_from(names)
-    handles = []
-    keep_alive: list[Any] = []  # holding every input stops the allocator reusing an address
-
-    def hook(name: str):  # noqa: ANN202 - closure factory
-        def fn(_mod: Any, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            keep_alive.append(x)
-            graph.add_edge(name, ("input", x.data_ptr(), tuple(x.shape), tuple(x.stride())))
-
-        return fn
-
-    try:
-        for n in names:
-            handles.append(modules[n].register_forward_pre_hook(hook(n)))
-        with torch.no_grad():
-            default_forward(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-    order = {n: i for i, n in enumerate(names)}
-    groups = []
-    for comp in nx.connected_components(graph):
-        members = sorted((c for c in comp if isinstance(c, str)), key=order.__getitem__)
-        if members:
-            groups.append(members)
-    return sorted(groups, key=lambda g: order[g[0]])
+    return groups(model, names, lambda: default_forward(model, example))
 
 
 def _example_input(model: nn.Module) -> Any:

@@ -40,8 +40,10 @@ def input_norms(model: nn.Module, fqns: Iterable[str], calib: Any) -> dict[str, 
     (:func:`bitalloc.nn.input_moments`).
     """
     from ..nn import input_moments
+    from ..search.calibration import as_calibration
 
-    return {n: m.l2_norm for n, m in input_moments(model, fqns, calib, min_tokens=1).items()}
+    moments = input_moments(model, fqns, as_calibration(calib), min_tokens=1)
+    return {n: m.l2_norm for n, m in moments.items()}
 
 
 def block_of(name: str) -> str:

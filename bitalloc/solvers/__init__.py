@@ -8,10 +8,23 @@ Solution``), is a frozen dataclass whose fields are its options, and registers i
 from __future__ import annotations
 
 from ..search.registry import Registry
-from .base import Solver
+from .base import BlackBoxSolver, Solver, SolverBase
 
-SOLVERS: Registry[Solver] = Registry("solver")
+CAPABILITIES = ("exact", "black_box", "supports_constraints", "prefers_measured")
+
+SOLVERS: Registry[Solver] = Registry(
+    "solver", Solver, " (subclass bitalloc.solvers.SolverBase for the capability flags)"
+)
 """Registered solvers by name: ``SOLVERS.get("ilp", time_limit_s=10)``."""
+
+
+def solvers_with(capability: str) -> tuple[str, ...]:
+    """Names of the registered solvers whose class sets ``capability`` (``"exact"``,
+    ``"black_box"``, ``"supports_constraints"`` or ``"prefers_measured"``), in name order."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"`capability` must be one of {CAPABILITIES}, got {capability!r}")
+    return tuple(n for n in SOLVERS.names() if getattr(SOLVERS.cls(n), capability))
+
 
 # Importing the built-ins registers them (each module decorates its class with SOLVERS).
 from .brute_force import BruteForceSolver  # noqa: E402
@@ -28,7 +41,9 @@ from .owl import OwlSolver  # noqa: E402
 from .uniform import UniformSolver  # noqa: E402
 
 __all__ = [
+    "CAPABILITIES",
     "SOLVERS",
+    "BlackBoxSolver",
     "BruteForceSolver",
     "EvoPressSolver",
     "GreedySolver",
@@ -41,5 +56,7 @@ __all__ = [
     "OptunaSolver",
     "OwlSolver",
     "Solver",
+    "SolverBase",
     "UniformSolver",
+    "solvers_with",
 ]

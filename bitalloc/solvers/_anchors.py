@@ -166,16 +166,6 @@ def bracket(
     return low, high
 
 
-def infeasible_with(
-    problem: Problem, table: SensitivityTable, budget: Budget, meta: dict[str, Any], message: str
-) -> Solution:
-    """An INFEASIBLE result with a rule-specific ``message``."""
-    sol = infeasible(problem, table, budget, meta)
-    return Solution(
-        space=sol.space, choice=(), status=Status.INFEASIBLE, message=message, meta=sol.meta
-    )
-
-
 def need(problem: Problem, budget: Budget, space: SearchSpace, choice: np.ndarray) -> str:
     """The budget ``choice`` needs, in the budget's unit."""
     bits = problem.total(choice)[1]
@@ -212,5 +202,5 @@ def two_precision_start(
             f"every unit at `low` {space.keys[split.low]} needs "
             f"{need(problem, budget, space, split.base)}, above the budget {budget.describe()}"
         )
-        return problem, None, meta, infeasible_with(problem, table, budget, meta, msg)
+        return problem, None, meta, infeasible(problem, table, budget, meta, message=msg)
     return problem, split, meta, None

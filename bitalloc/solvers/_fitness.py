@@ -148,9 +148,7 @@ class Fitness:
 
     def pareto(self) -> list[tuple[np.ndarray, float, float]]:
         """Non-dominated archived ``(choice, bits, loss)``, by increasing bits."""
-        pts = sorted(self.archive.values(), key=lambda t: (t[1], t[2]))
-        front: list[tuple[np.ndarray, float, float]] = []
-        for p in pts:
-            if not front or p[2] < front[-1][2]:
-                front.append(p)
-        return front
+        from ..search.frontier import pareto_indices
+
+        pts = list(self.archive.values())
+        return [pts[i] for i in pareto_indices([(p[1], p[2]) for p in pts])]

@@ -169,46 +169,19 @@ def repair(problem: Problem, choice: np.ndarray) -> np.ndarray:
 
 
 def lp_bound(problem: Problem) -> float:
-    """Optimum of the LP relaxation (a lower bound on the MCKP optimum).
+    """Optimum of the LP relaxation (a lower bound on the MCKP optimum); ``inf`` when even the
+    cheapest plan overflows.
 
-    Per group keep the lower convex hull of the undominated (cost, value) points; every hull
-    edge is a step with ``dc > 0``, ``dv < 0`` and efficiency ``-dv/dc``, decreasing along a
-    group's hull. Sorting all steps by efficiency and applying them while the budget lasts,
-    the first overflowing step fractionally, gives the LP optimum (Sinha & Zoltners, Oper.
-    Res. 27, 1979; Zemel, IPL 18, 1984; algorithms.md section 8 items 1-4).
+    Per group the lower convex hull of the undominated (cost, value) points; every hull edge
+    is a step with ``dc > 0``, ``dv < 0`` and efficiency ``-dv/dc``, decreasing along a
+    group's hull. Applying all steps by efficiency while the budget lasts, the first
+    overflowing one fractionally, gives the LP optimum (Sinha & Zoltners, Oper. Res. 27, 1979;
+    Zemel, IPL 18, 1984; algorithms.md section 8 items 1-4): :func:`~bitalloc.solvers._hull.
+    hull_greedy`'s bound.
     """
-    allowed, c, v = masked(problem)
-    base, steps = 0.0, []
-    for g in range(problem.n_groups):
-        idx = np.flatnonzero(allowed[g])
-        order = idx[np.lexsort((v[g, idx], c[g, idx]))]
-        hull: list[tuple[float, float]] = []
-        for j in order:
-            p = (float(c[g, j]), float(v[g, j]))
-            if hull and p[1] >= hull[-1][1]:
-                continue  # dominated: not cheaper and not better
-            while len(hull) >= 2 and _not_convex(hull[-2], hull[-1], p):
-                hull.pop()
-            hull.append(p)
-        base += hull[0][1]
-        for pos, (a, b) in enumerate(zip(hull, hull[1:])):
-            steps.append(((a[1] - b[1]) / (b[0] - a[0]), g, pos, b[0] - a[0], b[1] - a[1]))
-    room = problem.capacity - problem.min_cost()
-    if room < 0:
+    from ._hull import hull_greedy
+
+    if problem.capacity < problem.min_cost():
         return math.inf  # the LP is infeasible too
-    if not steps:
-        return base
-    arr = np.array(steps, dtype=np.float64)
-    arr = arr[np.lexsort((arr[:, 2], arr[:, 1], -arr[:, 0]))]
-    spent = np.cumsum(arr[:, 3])
-    n_full = int(np.searchsorted(spent, room, side="right"))
-    total = base + float(arr[:n_full, 4].sum())
-    if n_full < len(arr):
-        used = float(spent[n_full - 1]) if n_full else 0.0
-        total += (room - used) / float(arr[n_full, 3]) * float(arr[n_full, 4])
-    return total
-
-
-def _not_convex(a: tuple[float, float], b: tuple[float, float], p: tuple[float, float]) -> bool:
-    """True if ``b`` lies on or above the segment ``a``-``p`` (slope ab >= slope bp)."""
-    return (b[1] - a[1]) * (p[0] - b[0]) >= (p[1] - b[1]) * (b[0] - a[0])
+    _, c, v = masked(problem)
+    return hull_greedy(c, v, problem.capacity)[1]

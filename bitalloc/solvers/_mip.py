@@ -25,14 +25,26 @@ from typing import Any
 import numpy as np
 
 from ..search.problem import Problem
+from ..search.solution import Status
 
 
 @dataclass(frozen=True)
 class MipResult:
+    """What a MIP backend returned.
+
+    ``status`` is ``OPTIMAL`` or ``LIMIT`` with a plan, ``INFEASIBLE`` when the backend proved
+    no plan exists, and ``None`` when it gave no usable plan (``text`` says why: the backend's
+    own status, or ``"error"`` when it crashed)."""
+
     choice: np.ndarray | None
-    status: str  # "optimal", "limit", "infeasible", or the backend's status text
+    status: Status | None
     bound: float | None  # best proven lower bound on the objective (original units)
     detail: str = ""
+    text: str = ""  # the backend's status text (default: the status's value)
+
+    def __post_init__(self) -> None:
+        if not self.text:
+            object.__setattr__(self, "text", self.status.value if self.status else "no plan")
 
 
 @dataclass(frozen=True)
@@ -129,13 +141,13 @@ def solve_scipy(model: Model, shape: tuple[int, int], opts: Any) -> MipResult:
     raw = getattr(res, "mip_dual_bound", None)
     bound = model.objective(raw) if raw is not None and math.isfinite(raw) else None
     if res.status == 2:
-        return MipResult(None, "infeasible", None, str(res.message))
+        return MipResult(None, Status.INFEASIBLE, None, str(res.message))
     if res.x is None or res.status not in (0, 1):
-        return MipResult(None, f"scipy status {res.status}", bound, str(res.message))
+        return MipResult(None, None, bound, str(res.message), f"scipy status {res.status}")
     choice = model.choice(res.x, shape)
     if choice is None:
-        return MipResult(None, str(res.message), bound, "solver values are not one-hot")
-    return MipResult(choice, "optimal" if res.status == 0 else "limit", bound)
+        return MipResult(None, None, bound, "solver values are not one-hot", str(res.message))
+    return MipResult(choice, Status.OPTIMAL if res.status == 0 else Status.LIMIT, bound)
 
 
 def solve_pulp(model: Model, shape: tuple[int, int], backend: str, opts: Any) -> MipResult:
@@ -167,17 +179,17 @@ def solve_pulp(model: Model, shape: tuple[int, int], backend: str, opts: Any) ->
         bound = model.objective(bound)
     text = pulp.LpStatus.get(prob.status, str(prob.status))
     if prob.status == pulp.LpStatusInfeasible:
-        return MipResult(None, "infeasible", None)
+        return MipResult(None, Status.INFEASIBLE, None)
     if prob.sol_status == pulp.LpSolutionOptimal:
-        status = "optimal"
+        status = Status.OPTIMAL
     elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
-        status = "limit"
+        status = Status.LIMIT
     else:
-        return MipResult(None, text, bound)
+        return MipResult(None, None, bound, text=text)
     x = np.array([xv.varValue if xv.varValue is not None else 0.0 for xv in xs])
     choice = model.choice(x, shape)
     if choice is None:
-        return MipResult(None, text, bound, "solver values are not one-hot")
+        return MipResult(None, None, bound, "solver values are not one-hot", text)
     return MipResult(choice, status, bound)
 
 

@@ -7,6 +7,7 @@ their options; they use numpy/scipy/pulp only, never torch. Infeasibility is a r
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -22,18 +23,43 @@ ROW_RTOL = 1e-9
 
 @runtime_checkable
 class Solver(Protocol):
-    """Picks one format per unit (tie groups share one) under a memory budget."""
+    """Picks one format per unit (tie groups share one) under a memory budget.
+
+    The class declares what it can do (inherit :class:`SolverBase` for the defaults):
+
+    - ``exact``: returns the optimum of the table (the contract suite checks it against
+      brute force);
+    - ``black_box``: ``solve(table, budget, evaluate=...)`` optimises a measured
+      :class:`Evaluator` instead of the table (see :class:`BlackBoxSolver`);
+    - ``supports_constraints``: honours budgets with extra linear rows (BOPs, latency);
+      otherwise it refuses them with a ValueError;
+    - ``prefers_measured``: ``search(fitness="auto")`` hands it the measured KL.
+    """
 
     name: ClassVar[str]
+    exact: ClassVar[bool]
+    black_box: ClassVar[bool]
+    supports_constraints: ClassVar[bool]
+    prefers_measured: ClassVar[bool]
 
     def solve(self, table: SensitivityTable, budget: Budget) -> Solution:
         """Minimise the table's summed predicted loss subject to ``budget``."""
         ...
 
 
+class SolverBase:
+    """The default capabilities of a :class:`Solver`; a solver class overrides what differs."""
+
+    __slots__ = ()
+    exact: ClassVar[bool] = False
+    black_box: ClassVar[bool] = False
+    supports_constraints: ClassVar[bool] = True
+    prefers_measured: ClassVar[bool] = False
+
+
 @runtime_checkable
 class Evaluator(Protocol):
-    """Measured loss of a plan, lower is better (black-box solvers: evopress, optuna, nsga2).
+    """Measured loss of a plan, lower is better (what black-box solvers optimise).
 
     ``evaluate(solution, tokens=None) -> float``; e.g. KL of the quantized model to the
     reference on calibration tokens. ``tokens`` limits the measurement to the first ``tokens``
@@ -43,6 +69,18 @@ class Evaluator(Protocol):
 
     def __call__(self, solution: Solution, *, tokens: int | None = None) -> float:
         """The plan's measured loss."""
+        ...
+
+
+@runtime_checkable
+class BlackBoxSolver(Solver, Protocol):
+    """A :class:`Solver` with ``black_box = True``: it optimises ``evaluate`` (a measured
+    :class:`Evaluator`) when given one, else the table's predicted loss."""
+
+    def solve(
+        self, table: SensitivityTable, budget: Budget, evaluate: Evaluator | None = None
+    ) -> Solution:
+        """The best plan found within ``budget``."""
         ...
 
 
@@ -103,6 +141,13 @@ def infeasible(
             )
         message = "; ".join(parts) or "no plan meets every constraint"
     return Solution(space=space, choice=(), status=Status.INFEASIBLE, message=message, meta=meta)
+
+
+def relative_gap(objective: float, bound: float) -> float:
+    """``(objective - bound) / |objective|``, clamped at 0 (0 when both are 0; ``inf`` when
+    only the objective is 0)."""
+    diff = max(0.0, objective - bound)
+    return diff / abs(objective) if objective else (0.0 if diff == 0 else math.inf)
 
 
 def joint_message(problem: Problem) -> str:

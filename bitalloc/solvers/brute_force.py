@@ -13,14 +13,14 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from .base import infeasible, joint_message, make_solution, provenance, start
+from .base import SolverBase, infeasible, joint_message, make_solution, provenance, start
 
 CHUNK = 1 << 16
 
 
 @SOLVERS.register("brute_force")
 @dataclass(frozen=True)
-class BruteForceSolver:
+class BruteForceSolver(SolverBase):
     """Enumerate every combination of the groups' allowed options; keep the best that fits.
 
     ``min_x sum_g v[g, x_g]`` s.t. ``sum_g c[g, x_g] <= B`` (and every extra budget row

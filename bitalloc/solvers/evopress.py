@@ -36,7 +36,7 @@ from ._evo import (
     save_state,
 )
 from ._mckp import feasible_start
-from .base import Evaluator, infeasible, make_solution, provenance
+from .base import Evaluator, SolverBase, infeasible, make_solution, provenance
 from .base import start as start_problem
 
 STARTS = ("ilp", "uniform", "greedy")
@@ -45,7 +45,7 @@ Step = tuple[int, int | None]
 
 @SOLVERS.register("evopress")
 @dataclass(frozen=True)
-class EvoPressSolver:
+class EvoPressSolver(SolverBase):
     """EvoPress evolutionary search over per-group format levels (Sieberling et al., 2025).
 
     State: one parent plan (``x``, a level per tie-merged group). Per generation:
@@ -105,10 +105,8 @@ class EvoPressSolver:
     time_limit: float | None = None
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
     black_box: ClassVar[bool] = True
     prefers_measured: ClassVar[bool] = True  # search(fitness="auto") gives it the measured KL
-    supports_constraints: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for opt, low in (("generations", 0), ("offspring", 1), ("max_level_switches", 1)):

@@ -10,12 +10,12 @@ from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._mckp import feasible_start, greedy_choice
-from .base import infeasible, make_solution, provenance, start
+from .base import SolverBase, infeasible, make_solution, provenance, start
 
 
 @SOLVERS.register("greedy")
 @dataclass(frozen=True)
-class GreedySolver:
+class GreedySolver(SolverBase):
     """Start every group at its cheapest format; repeatedly take the upgrade of best efficiency.
 
     For group g at option ``a``, an upgrade to ``k`` (``c[g, k] >= c[g, a]``, ``v[g, k] <
@@ -37,7 +37,6 @@ class GreedySolver:
     """
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
 
     def solve(self, table: SensitivityTable, budget: Budget) -> Solution:
         """Greedy plan under ``budget`` (INFEASIBLE when even the cheapest plan does not fit)."""

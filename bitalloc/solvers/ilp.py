@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,15 @@ from . import SOLVERS
 from ._mckp import best_value_choice, feasible_start, greedy_choice, lp_bound, repair
 from ._mip import MipResult, lp_relaxation, solve_pulp, solve_scipy
 from ._mip import build as build_model
-from .base import infeasible, joint_message, make_solution, provenance, start
+from .base import (
+    SolverBase,
+    infeasible,
+    joint_message,
+    make_solution,
+    provenance,
+    relative_gap,
+    start,
+)
 from .lagrangian import solve_problem
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,7 @@ AUTO_HIGHS_ABOVE = 1_000  # binaries; "auto" uses CBC up to here, scipy/HiGHS ab
 
 @SOLVERS.register("ilp")
 @dataclass(frozen=True)
-class IlpSolver:
+class IlpSolver(SolverBase):
     """Exact MCKP as a 0/1 ILP, solved by CBC (PuLP) or HiGHS (scipy or highspy).
 
     Binary ``x[g, j]`` for every allowed (group, format)::
@@ -114,7 +121,7 @@ class IlpSolver:
         meta = provenance(self, table, budget, started)
         meta.update(mip_backend=backend, n_binaries=n_bin, lp_bound=bound)
         if large and alt is not None:  # the MIP's root-node proof, without branch and bound
-            gap = _gap(problem.total(alt)[0], bound)
+            gap = relative_gap(problem.total(alt)[0], bound)
             if gap <= self.mip_rel_gap:
                 meta.update(solver_status=f"{alt_name} plan within mip_rel_gap of the LP bound")
                 meta.update(mip_backend=None, mip_bound=None, mip_gap=gap)
@@ -125,15 +132,15 @@ class IlpSolver:
             result = _solve_mip(problem, backend, self)
         except (PulpSolverError, OSError) as e:  # a crashed solver falls back to greedy
             log.warning("ILP backend %s failed (%s); using the %s plan", backend, e, alt_name)
-            result = _MipResult(None, "error", None, f"{type(e).__name__}: {e}")
-        meta.update(solver_status=result.status, mip_bound=result.bound)
-        if result.status == "infeasible":
+            result = MipResult(None, None, None, f"{type(e).__name__}: {e}", text="error")
+        meta.update(solver_status=result.text, mip_bound=result.bound)
+        if result.status is Status.INFEASIBLE:
             return infeasible(problem, table, budget, meta, joint_message(problem))
         best = bound if result.bound is None else max(bound, result.bound)
         status, message, choice = self._interpret(problem, result, backend, best, alt, alt_name)
         if choice is None:
             return infeasible(problem, table, budget, meta, message)
-        gap = _gap(problem.total(choice)[0], best)
+        gap = relative_gap(problem.total(choice)[0], best)
         if status is Status.OPTIMAL:  # the solver proved gap <= mip_rel_gap
             gap = min(gap, float(self.mip_rel_gap))
         meta.update(mip_gap=gap)
@@ -171,19 +178,19 @@ class IlpSolver:
         alt_name: str,
     ) -> tuple[Status, str, np.ndarray | None]:
         if result.choice is None:
-            if result.status == "error":
+            if result.text == "error":
                 msg = f"ILP ({backend}) failed ({result.detail}); "
             else:
                 msg = (
                     f"ILP ({backend}) returned no plan within time_limit_s="
-                    f"{self.time_limit_s:g} (solver status {result.status!r}"
+                    f"{self.time_limit_s:g} (solver status {result.text!r}"
                     f"{'; ' + result.detail if result.detail else ''}); "
                 )
             if alt is None:
                 return Status.FEASIBLE, msg + f"and {alt_name} found none either", None
             return Status.FEASIBLE, msg + f"returning the {alt_name} plan", alt
         choice, notes = result.choice, []
-        status = Status.OPTIMAL if result.status == "optimal" else Status.LIMIT
+        status = Status.OPTIMAL if result.status is Status.OPTIMAL else Status.LIMIT
         if not problem.fits(choice):
             try:
                 choice, status = repair(problem, choice), Status.FEASIBLE
@@ -201,16 +208,13 @@ class IlpSolver:
             choice = alt
             notes.append(f"the {alt_name} plan beat the MIP incumbent and is returned")
         if status is Status.LIMIT:
-            gap = _gap(problem.total(choice)[0], bound)
+            gap = relative_gap(problem.total(choice)[0], bound)
             notes.insert(
                 0,
                 f"time limit {self.time_limit_s:g}s reached before optimality "
                 f"was proven; relative gap <= {gap:.3g}",
             )
         return status, "; ".join(notes), choice
-
-
-_MipResult = MipResult  # the name tests patch
 
 
 def _solve_mip(problem: Problem, backend: str, opts: IlpSolver) -> MipResult:
@@ -221,12 +225,6 @@ def _solve_mip(problem: Problem, backend: str, opts: IlpSolver) -> MipResult:
         if backend == "scipy":
             return solve_scipy(model, shape, opts)
         return solve_pulp(model, shape, backend, opts)
-
-
-def _gap(objective: float, bound: float) -> float:
-    """Relative gap ``(objective - bound) / |objective|`` (0 when both are 0)."""
-    diff = max(0.0, objective - bound)
-    return diff / abs(objective) if objective else (0.0 if diff == 0 else math.inf)
 
 
 @contextlib.contextmanager

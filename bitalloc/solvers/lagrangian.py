@@ -21,7 +21,7 @@ from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._hull import Hulls, hull_greedy, lower_hulls, prefix
 from ._mckp import masked
-from .base import make_solution, provenance, start, validate
+from .base import SolverBase, make_solution, provenance, relative_gap, start, validate
 
 __all__ = ["Hulls", "LagrangianSolver", "fill_moves", "lower_hulls", "prefix", "solve_problem"]
 METHODS = ("hull", "bisection")
@@ -30,7 +30,7 @@ OPTIMAL_GAP = 1e-12  # a relative gap below this (float rounding) counts as zero
 
 @SOLVERS.register("lagrangian")
 @dataclass(frozen=True)
-class LagrangianSolver:
+class LagrangianSolver(SolverBase):
     """LP-relaxation MCKP solver for huge (per-channel) spaces; reports its LP bound and gap.
 
     1. Per group keep the lower convex hull of its (cost, value) points: sort by cost, drop
@@ -75,7 +75,6 @@ class LagrangianSolver:
     fill: bool = True
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
     supports_constraints: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -114,8 +113,7 @@ class Result:
     @property
     def gap(self) -> float:
         """``(objective - lp_bound) / objective``, clamped at 0 (0 when both are 0)."""
-        diff = max(0.0, self.objective - self.lp_bound)
-        return diff / abs(self.objective) if self.objective else (0.0 if diff == 0 else math.inf)
+        return relative_gap(self.objective, self.lp_bound)
 
 
 def solve_problem(problem: Problem, method: str = "hull", fill: bool = True) -> Result:

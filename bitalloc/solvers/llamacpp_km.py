@@ -16,13 +16,12 @@ from . import SOLVERS
 from ._anchors import (
     check_optional_key,
     format_index,
-    infeasible_with,
     need,
     nominal_bits,
     snap,
     width_order,
 )
-from .base import make_solution, provenance, start
+from .base import SolverBase, infeasible, make_solution, provenance, start
 
 LAYER_PATTERN = r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\."
 ATTN_V_PATTERN = r"v_proj|attn_v|value|qkv|c_attn|kv_b_proj"
@@ -38,7 +37,7 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
 
 @SOLVERS.register("llamacpp_km")
 @dataclass(frozen=True)
-class LlamaCppKmSolver:
+class LlamaCppKmSolver(SolverBase):
     """llama.cpp's Q4_K_M / Q5_K_M mixing rule: attn_v and ffn_down bumped on chosen layers.
 
     The rule (``llama_tensor_get_type_impl`` in ggml-org/llama.cpp src/llama-quant.cpp; see
@@ -92,7 +91,6 @@ class LlamaCppKmSolver:
     ffn_down_pattern: str = FFN_DOWN_PATTERN
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_optional_key(self.base, "base")
@@ -172,7 +170,7 @@ class LlamaCppKmSolver:
                     f"the cheapest ({space.keys[cheapest[3]]}/{space.keys[cheapest[4]]}) needs "
                     f"{need(problem, budget, space, cheapest[5])}"
                 )
-                return infeasible_with(problem, table, budget, meta, msg)
+                return infeasible(problem, table, budget, meta, message=msg)
             choice = problem.cheapest()
             meta["rule"] = {**rule, "base": None, "high": None, "fallback": "cheapest"}
             msg = "no K_M or pure pair fits: every group at its cheapest allowed format"

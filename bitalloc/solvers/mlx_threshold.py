@@ -12,12 +12,12 @@ from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._anchors import check_optional_key, two_precision_start
-from .base import make_solution
+from .base import SolverBase, make_solution
 
 
 @SOLVERS.register("mlx_threshold")
 @dataclass(frozen=True)
-class MlxThresholdSolver:
+class MlxThresholdSolver(SolverBase):
     """mlx-lm ``dynamic_quant``: layers whose sensitivity exceeds a bisected threshold get the
     high precision, all others the low one, at the largest high share that fits the budget.
 
@@ -59,7 +59,6 @@ class MlxThresholdSolver:
     iterations: int = 60
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_optional_key(self.low, "low")

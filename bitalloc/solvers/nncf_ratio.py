@@ -15,16 +15,15 @@ from . import SOLVERS
 from ._anchors import (
     Split,
     check_optional_key,
-    infeasible_with,
     need,
     two_precision_start,
 )
-from .base import make_solution
+from .base import SolverBase, infeasible, make_solution
 
 
 @SOLVERS.register("nncf_ratio")
 @dataclass(frozen=True)
-class NncfRatioSolver:
+class NncfRatioSolver(SolverBase):
     """NNCF ``compress_weights(ratio=...)``: least sensitive layers to the primary (low)
     precision until a share ``ratio`` of the weights is reached, the rest to the backup (high).
 
@@ -68,7 +67,6 @@ class NncfRatioSolver:
     high: str | None = None
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         r = self.ratio
@@ -101,7 +99,7 @@ class NncfRatioSolver:
                     f"budget {budget.describe()}; the smallest ratio that fits is "
                     f"{_equivalent_ratio(cum, total, best):.6g}"
                 )
-                return infeasible_with(problem, table, budget, meta, msg)
+                return infeasible(problem, table, budget, meta, message=msg)
         choice = split.choice(_raise_mask(order, n_low))
         share = float(cum[n_low - 1]) / total if n_low and total else 0.0
         n_high = len(order) - n_low

@@ -16,7 +16,7 @@ from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._fitness import Fitness, check_int_options, repair_batch
 from ._mckp import feasible_start, greedy_choice
-from .base import infeasible, make_solution, provenance, start
+from .base import SolverBase, infeasible, make_solution, provenance, start
 
 if TYPE_CHECKING:
     from ..search.frontier import Frontier
@@ -29,7 +29,7 @@ NO_START = (
 
 @SOLVERS.register("nsga2")
 @dataclass(frozen=True)
-class Nsga2Solver:
+class Nsga2Solver(SolverBase):
     """NSGA-II (Deb, Pratap, Agarwal & Meyarivan, IEEE TEVC 6(2), 2002) on pymoo (Blank & Deb,
     IEEE Access 8, 2020) with two objectives, minimised together::
 
@@ -71,7 +71,6 @@ class Nsga2Solver:
     warm_start: int = 8
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
     black_box: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

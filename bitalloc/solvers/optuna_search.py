@@ -14,13 +14,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..search.budget import Budget
+from ..search.params import param_name
 from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
 from ._fitness import Fitness, check_int_options, repair_batch
 from ._mckp import feasible_start, row_scales
-from .base import infeasible, joint_message, make_solution, provenance, start
+from .base import SolverBase, infeasible, joint_message, make_solution, provenance, start
 
 SAMPLERS = ("tpe", "nsga2")
 PLAN_ATTR = "bitalloc_plan"  # trial user attr: the (repaired) plan, one format key per group
@@ -29,7 +30,7 @@ STUDY_ATTR = "bitalloc"  # study user attr: what the study optimises (checked on
 
 @SOLVERS.register("optuna")
 @dataclass(frozen=True)
-class OptunaSolver:
+class OptunaSolver(SolverBase):
     """Optuna study over the plan: one categorical parameter per group (a free unit, named by
     its FQN, or a tie group, named by its label), choices = the group's allowed format keys.
 
@@ -79,7 +80,6 @@ class OptunaSolver:
     load_if_exists: bool = False
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
     black_box: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -92,7 +92,7 @@ class OptunaSolver:
         check_int_options(self, (("seed", None),))
         if self.warm_start is not None:
             cls = SOLVERS.cls(self.warm_start)
-            if getattr(cls, "black_box", False):
+            if cls.black_box:
                 raise ValueError(
                     f"`warm_start` must name a table solver (e.g. 'ilp', 'greedy'), got "
                     f"the black-box solver {self.warm_start!r}"
@@ -185,17 +185,11 @@ class OptunaSolver:
 
 
 def _parameters(problem: Problem, table: SensitivityTable) -> tuple[list[str], list[list[str]]]:
-    """Per group the parameter name (unit FQN, or tie label) and its allowed format keys."""
+    """Per group the parameter name (:func:`bitalloc.search.params.param_name`) and its
+    allowed format keys."""
     space = table.space
-    unit_names = set(space.names)
-    names, options = [], []
-    for g, members in enumerate(problem.members):
-        first = space.units[members[0]]
-        name = first.name if len(members) == 1 and first.tie is None else str(first.tie)
-        if len(members) > 1 or first.tie is not None:
-            name = f"tie:{name}" if name in unit_names else name
-        names.append(name)
-        options.append([space.keys[j] for j in np.flatnonzero(problem.allowed[g])])
+    names = [param_name(space.units[members[0]]) for members in problem.members]
+    options = [[space.keys[j] for j in np.flatnonzero(row)] for row in problem.allowed]
     return names, options
 
 

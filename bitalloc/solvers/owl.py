@@ -34,7 +34,7 @@ from ..search.solution import Solution, Status
 from ..search.space import SearchSpace
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from .base import infeasible, make_solution, provenance, start
+from .base import SolverBase, infeasible, make_solution, provenance, start
 
 OUTLIER_KEY = "outlier_ratios"
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @SOLVERS.register("owl")
 @dataclass(frozen=True)
-class OwlSolver:
+class OwlSolver(SolverBase):
     """Non-uniform sparsity from outlier ratios (OWL), fitted to the memory budget.
 
     Args:
@@ -64,7 +64,6 @@ class OwlSolver:
     iters: int = 60
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lamda < 0.5:

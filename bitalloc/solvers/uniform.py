@@ -15,12 +15,12 @@ from ..search.solution import Solution, Status
 from ..search.space import SearchSpace
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from .base import infeasible, make_solution, provenance, validate
+from .base import SolverBase, infeasible, make_solution, provenance, validate
 
 
 @SOLVERS.register("uniform")
 @dataclass(frozen=True)
-class UniformSolver:
+class UniformSolver(SolverBase):
     """One format for every unit: the largest common format that fits the budget.
 
     Among the formats ``j`` allowed for every unit, pick ``argmax_j C_j`` subject to
@@ -41,7 +41,6 @@ class UniformSolver:
     format: str | None = None
 
     name: ClassVar[str]
-    exact: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.format is not None and not isinstance(self.format, str):
@@ -77,7 +76,9 @@ class UniformSolver:
                     problem, extra, int(j)
                 )
             if msg:
-                return self._infeasible(problem, table, budget, started, msg)
+                return infeasible(
+                    problem, table, budget, provenance(self, table, budget, started), msg
+                )
         else:
             fits = common & (totals <= problem.capacity)
             if not (fits & extra_ok).any():
@@ -87,7 +88,9 @@ class UniformSolver:
                         f"{space.keys[j]} breaks {_broken(problem, extra, int(j))}"
                         for j in np.flatnonzero(fits)
                     )
-                return self._infeasible(problem, table, budget, started, msg)
+                return infeasible(
+                    problem, table, budget, provenance(self, table, budget, started), msg
+                )
             cand = np.flatnonzero(fits & extra_ok)
             j = int(cand[np.lexsort((cand, objectives[cand], -totals[cand]))[0]])
         choice = np.full(problem.n_groups, j, dtype=np.int64)
@@ -137,19 +140,6 @@ class UniformSolver:
             f"budget {budget.describe(rows=False)} is below the minimum achievable "
             f"{need:.6g} {unit} with one format for every unit ({space.keys[j]}); "
             f"the minimum with mixed formats is {mixed:.6g} {unit}"
-        )
-
-    def _infeasible(
-        self,
-        problem: Problem,
-        table: SensitivityTable,
-        budget: Budget,
-        started: float,
-        message: str,
-    ) -> Solution:
-        sol = infeasible(problem, table, budget, provenance(self, table, budget, started))
-        return Solution(
-            space=sol.space, choice=(), status=Status.INFEASIBLE, message=message, meta=sol.meta
         )
 
 

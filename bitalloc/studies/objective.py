@@ -21,7 +21,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from .study import StudyConfig, params_to_choice, plan_params
+from ..search.params import params_to_choice, plan_params
+from .study import StudyConfig
 
 if TYPE_CHECKING:
     import optuna

@@ -70,16 +70,9 @@ def trial_rows(study: optuna.Study, y: str = "ppl") -> list[dict[str, Any]]:
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
     """Indices of the non-dominated points (both coordinates minimised; duplicates kept)."""
-    front = set()
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (qx <= x and qy <= y) and (qx < x or qy < y)
-            for j, (qx, qy) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.add(i)
-    return front
+    from ..search.frontier import pareto_indices
+
+    return set(pareto_indices(points, keep_duplicates=True))
 
 
 def pareto_figure(rows: list[dict[str, Any]], y: str = "ppl", title: str = "") -> Any:

@@ -31,13 +31,11 @@ if TYPE_CHECKING:
     import optuna
 
     from ..search.solution import Solution
-    from ..search.space import SearchSpace
 
 CONFIG_ATTR = "bitalloc"
 METRICS = ("avg_bits", "kl")
 KINDS = ("sample", "sweep")
 SAMPLERS = ("tpe", "random", "nsga2")
-TIE_PREFIX = "tie:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,37 +211,6 @@ def load_study(
     config = StudyConfig.from_dict(study.user_attrs.get(CONFIG_ATTR, {}))
     study.sampler = make_sampler(config, seed)
     return study, config
-
-
-# ---------------------------------------------------------------------- plan <-> params
-def plan_params(space: SearchSpace) -> dict[str, tuple[str, ...]]:
-    """Param name -> format choices: one per free unit and one per tie group."""
-    out: dict[str, tuple[str, ...]] = {}
-    groups = space.tie_groups()
-    for u in space.units:
-        if u.tie is None:
-            out[u.name] = u.allowed
-        elif TIE_PREFIX + u.tie not in out:
-            members = [space.units[i] for i in groups[u.tie]]
-            common = set.intersection(*(set(m.allowed) for m in members))
-            out[TIE_PREFIX + u.tie] = tuple(k for k in space.keys if k in common)
-    return out
-
-
-def params_to_choice(space: SearchSpace, params: Mapping[str, str]) -> tuple[str, ...]:
-    """Per-unit format keys from a trial's params (see :func:`plan_params`)."""
-    try:
-        return tuple(params[u.name if u.tie is None else TIE_PREFIX + u.tie] for u in space.units)
-    except KeyError as e:
-        raise ValueError(f"trial params lack {e.args[0]!r}: not a plan of this space") from None
-
-
-def plan_to_params(solution: Solution) -> dict[str, str]:
-    """The params that encode ``solution`` (to enqueue a known plan)."""
-    out: dict[str, str] = {}
-    for u, key in zip(solution.space.units, solution.choice):
-        out[u.name if u.tie is None else TIE_PREFIX + u.tie] = key
-    return out
 
 
 def trial_plan(trial: optuna.trial.FrozenTrial) -> Solution:

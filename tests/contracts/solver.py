@@ -1,14 +1,18 @@
 """Contract every registered solver satisfies; subclass :class:`SolverContract` to run it.
 
 The suite is parametrised over ``SOLVERS.names()``, so a newly registered solver is tested
-automatically. Solvers whose class sets ``exact = True`` must match the brute-force optimum.
-Budgets with extra linear rows (BOPs, latency) must be honoured, unless the class sets
+automatically, and reads the capabilities each class declares (:class:`~bitalloc.solvers.base.
+SolverBase`): solvers with ``exact = True`` must match the brute-force optimum; budgets with
+extra linear rows (BOPs, latency) must be honoured, unless the class sets
 ``supports_constraints = False``; then the solver must refuse them with a ValueError.
+:class:`BlackBoxContract` runs over ``solvers_with("black_box")``: such a solver takes
+``evaluate=`` and returns the best in-budget plan it measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +26,7 @@ from bitalloc.search.problem import Problem
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace, Unit
 from bitalloc.search.table import SensitivityTable
-from bitalloc.solvers import SOLVERS, Solver
+from bitalloc.solvers import CAPABILITIES, SOLVERS, Solver, solvers_with
 from bitalloc.solvers.brute_force import BruteForceSolver
 
 FORMATS4 = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
@@ -154,6 +158,7 @@ class SolverContract:
             with pytest.raises(dataclasses.FrozenInstanceError):
                 setattr(solver, fields[0].name, None)
         assert type(solver).__doc__ and len(type(solver).__doc__ or "") > 100
+        assert all(isinstance(getattr(type(solver), c), bool) for c in CAPABILITIES)
 
     def test_budget_respected_and_complete(self, solver_name: str) -> None:
         solver = self.make(solver_name)
@@ -204,7 +209,7 @@ class SolverContract:
 
     def test_not_better_than_optimum(self, solver_name: str) -> None:
         solver = self.make(solver_name)
-        exact = getattr(type(solver), "exact", False)
+        exact = type(solver).exact
         for seed in range(10):
             table = random_table(
                 100 + seed,
@@ -225,7 +230,7 @@ class SolverContract:
         """Every row of a budget with a BOPs or latency row holds; exact solvers match brute
         force. Solvers that set ``supports_constraints = False`` must refuse (ValueError)."""
         solver = self.make(solver_name)
-        exact = getattr(type(solver), "exact", False)
+        exact = type(solver).exact
         for seed in range(9):
             table = random_table(200 + seed, n_units=7, formats=FORMATS4, ties=(2,) * (seed % 2))
             frac = (0.05, 0.2, 0.4)[seed // 3]
@@ -234,7 +239,7 @@ class SolverContract:
                 for kind in (("bops",), ("latency",), ("bops", "latency"))[seed % 3]
             ]
             budget = budget_between(table, (0.8, 0.5, 1.0)[seed % 3]).with_constraints(*rows)
-            if not getattr(type(solver), "supports_constraints", True):
+            if not type(solver).supports_constraints:
                 with pytest.raises(ValueError, match="constraint"):
                     solver.solve(table, budget)
                 return
@@ -251,7 +256,7 @@ class SolverContract:
     def test_extra_constraint_below_its_minimum(self, solver_name: str) -> None:
         """A row below its own minimum gives INFEASIBLE naming the row and that minimum."""
         solver = self.make(solver_name)
-        if not getattr(type(solver), "supports_constraints", True):
+        if not type(solver).supports_constraints:
             return
         table = random_table(4)
         row = random_constraint(table, 4, "latency", 0.0)
@@ -261,12 +266,72 @@ class SolverContract:
         assert sol.status is Status.INFEASIBLE and sol.choice == ()
         assert "'latency'" in sol.message and f"{low:.6g}" in sol.message
 
+    def test_evaluate_only_for_black_box(self, solver_name: str) -> None:
+        """``solve(..., evaluate=)`` reaches black-box solvers; a table solver refuses it with
+        a ValueError naming it."""
+        import bitalloc as ba
+
+        table = random_table(0)
+        budget = budget_between(table, 0.5)
+        if type(self.make(solver_name)).black_box:
+            assert "evaluate" in inspect.signature(type(self.make(solver_name)).solve).parameters
+            return
+        with pytest.raises(ValueError, match=f"solver {solver_name!r} optimises the table"):
+            ba.solve(table, budget, self.make(solver_name), evaluate=lambda s, **k: 0.0)
+
     def test_rejects_wrong_types(self, solver_name: str) -> None:
         table = random_table(0)
         with pytest.raises(TypeError, match="budget"):
             self.make(solver_name).solve(table, 3.0)
         with pytest.raises(TypeError, match="table"):
             self.make(solver_name).solve(table.values, Budget.avg_bits(3.0))
+
+
+class BlackBoxContract:
+    """What every black-box solver does with ``evaluate=``; override :meth:`options` to keep
+    the runs short."""
+
+    @pytest.fixture(params=solvers_with("black_box"))
+    def solver_name(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    def options(self, name: str) -> dict[str, Any]:
+        return {}
+
+    def make(self, name: str) -> Any:
+        return SOLVERS.get(name, **self.options(name))
+
+    def test_returns_the_best_measured_plan(self, solver_name: str) -> None:
+        """The evaluator (another table's loss, so the table's own optimum is not its optimum)
+        is called, and the returned plan is within budget and the best in-budget plan
+        measured."""
+        for seed in range(3):
+            table = random_table(300 + seed, n_units=6, formats=FORMATS4)
+            other = random_table(400 + seed, n_units=6, formats=FORMATS4).values
+            budget = budget_between(table, 0.4)
+            evaluate = _Recorder(table.space, other)
+            sol = self.make(solver_name).solve(table, budget, evaluate=evaluate)
+            assert sol.success and budget.residual(sol) >= 0, sol.message
+            seen = evaluate.seen
+            fitting = [loss for loss, s in seen if budget.residual(s) >= 0]
+            assert fitting, "the evaluator was never called on an in-budget plan"
+            got = [loss for loss, s in seen if s.choice == sol.choice]
+            assert got and min(got) == pytest.approx(min(fitting), rel=1e-12), seed
+
+
+class _Recorder:
+    """An evaluator: the loss of a plan under ``values`` (a table of the same space), with
+    every call recorded."""
+
+    def __init__(self, space: SearchSpace, values: np.ndarray) -> None:
+        self.space, self.values = space, values
+        self.seen: list[tuple[float, Solution]] = []
+
+    def __call__(self, sol: Solution, *, tokens: int | None = None) -> float:
+        cols = [self.space.keys.index(k) for k in sol.choice]
+        loss = float(sum(self.values[i, j] for i, j in enumerate(cols)))
+        self.seen.append((loss, sol))
+        return loss
 
 
 def _objective(table: SensitivityTable, sol: Solution) -> float:

@@ -159,3 +159,26 @@ def test_auto_ties_on_tiny_llama() -> None:
     layer0 = {space.units[i].tie for i in range(7)} - {None}
     layer1 = {space.units[i].tie for i in range(7, 14)} - {None}
     assert len(layer0) == 2 and not layer0 & layer1
+
+
+def test_for_backend_keeps_only_what_the_backend_builds() -> None:
+    from bitalloc.backends import BACKENDS
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(64, 8, 1), torch.nn.Flatten(), torch.nn.Linear(64, 4)
+    )
+    space = SearchSpace.from_model(model, ["int4-g64", "int8-g64"])
+    assert [u.name for u in space.units] == ["0", "2"]
+    assert space.for_backend(BACKENDS.get("rtn")) == space  # rtn builds conv weights too
+    with pytest.raises(ValueError, match=r"backend 'gptq' cannot build unit '0'"):
+        SearchSpace.from_model(model, ["int4-g64", "int8-g64"], backend=BACKENDS.get("gptq"))
+
+    class No4Bit:
+        name = "no4"
+
+        def supports(self, unit, fmt) -> bool:
+            return fmt.bits != 4
+
+    cut = space.for_backend(No4Bit())
+    assert [u.allowed for u in cut.units] == [("int8-g64",), ("int8-g64",)]
+    assert cut.formats == space.formats

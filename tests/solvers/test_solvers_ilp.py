@@ -24,6 +24,7 @@ from bitalloc.search.problem import Problem
 from bitalloc.search.solution import Status
 from bitalloc.solvers import SOLVERS, IlpSolver
 from bitalloc.solvers import ilp as ilp_module
+from bitalloc.solvers._mip import MipResult
 
 HAS_HIGHS = importlib.util.find_spec("highspy") is not None
 BACKENDS = [
@@ -145,7 +146,7 @@ def test_time_limit_with_incumbent_is_limit(monkeypatch: pytest.MonkeyPatch) -> 
     table = random_table(5)
     budget = budget_between(table, 0.4)
     problem = Problem.build(table, budget)
-    _patch_mip(monkeypatch, ilp_module._MipResult(problem.cheapest(), "limit", None))
+    _patch_mip(monkeypatch, MipResult(problem.cheapest(), Status.LIMIT, None))
     sol = IlpSolver(time_limit_s=7).solve(table, budget)
     assert sol.status is Status.LIMIT
     assert "time limit 7s" in sol.message and "gap" in sol.message
@@ -155,7 +156,7 @@ def test_time_limit_with_incumbent_is_limit(monkeypatch: pytest.MonkeyPatch) -> 
 def test_no_incumbent_falls_back_to_greedy(monkeypatch: pytest.MonkeyPatch) -> None:
     table = random_table(5)
     budget = budget_between(table, 0.4)
-    _patch_mip(monkeypatch, ilp_module._MipResult(None, "Not Solved", None))
+    _patch_mip(monkeypatch, MipResult(None, None, None, text="Not Solved"))
     sol = IlpSolver().solve(table, budget)
     assert sol.status is Status.FEASIBLE and "greedy" in sol.message
     assert sol.choice == SOLVERS.get("greedy").solve(table, budget).choice
@@ -175,7 +176,7 @@ def test_overshooting_plan_is_repaired(monkeypatch: pytest.MonkeyPatch) -> None:
     budget = budget_between(table, 0.3)
     problem = Problem.build(table, budget)
     most = np.argmax(np.where(problem.allowed, problem.costs, -np.inf), axis=1)
-    _patch_mip(monkeypatch, ilp_module._MipResult(most, "optimal", None))
+    _patch_mip(monkeypatch, MipResult(most, Status.OPTIMAL, None))
     sol = IlpSolver().solve(table, budget)
     assert sol.status is Status.FEASIBLE and "repaired" in sol.message
     assert budget.residual(sol) >= 0

@@ -89,7 +89,7 @@ def _objective(table: SensitivityTable, sol: Solution) -> float:
     return float(sum(table.values[i, j] for i, j in enumerate(cols)))
 
 
-def test_parameters_named_by_unit_and_tie_label_ilp_first(tmp_path: Path) -> None:
+def test_parameters_named_by_unit_and_tie_group_ilp_first(tmp_path: Path) -> None:
     import optuna
 
     table = random_table(43, n_units=6, ties=(2, 2))
@@ -97,11 +97,11 @@ def test_parameters_named_by_unit_and_tie_label_ilp_first(tmp_path: Path) -> Non
     journal = str(tmp_path / "names.journal")
     OptunaSolver(n_trials=3, storage=journal, study_name="n").solve(table, budget)
     first = optuna.load_study(study_name="n", storage=_storage(journal)).trials[0]
-    assert set(first.params) == {"t0", "t1", "layer4.proj", "layer5.proj"}
+    assert set(first.params) == {"tie:t0", "tie:t1", "layer4.proj", "layer5.proj"}
     ilp = ba.solve(table, budget, "ilp")
     assert first.params == {
-        "t0": ilp.choice[0],
-        "t1": ilp.choice[2],
+        "tie:t0": ilp.choice[0],
+        "tie:t1": ilp.choice[2],
         "layer4.proj": ilp.choice[4],
         "layer5.proj": ilp.choice[5],
     }
@@ -151,3 +151,21 @@ def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="`timeout_s`"):
         OptunaSolver(timeout_s=0)
     assert SOLVERS.cls("optuna").black_box is True
+
+
+def test_trial_params_use_the_study_plan_encoding(tmp_path: Path) -> None:
+    """The solver names its parameters as studies do (``search.params``): a plan read back
+    from a stored trial's params is the plan the trial measured."""
+    import optuna
+
+    from bitalloc.search.params import params_to_choice, plan_params
+
+    table = random_table(5, n_units=7, ties=(3, 2))
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    sol = OptunaSolver(n_trials=6, storage=storage, study_name="enc").solve(
+        table, budget_between(table, 0.5)
+    )
+    trials = optuna.load_study(study_name="enc", storage=storage).trials
+    want = plan_params(table.space)
+    assert trials and all(set(t.params) == set(want) for t in trials)
+    assert any(params_to_choice(table.space, t.params) == sol.choice for t in trials)

@@ -31,14 +31,10 @@ def test_resolve_storage() -> None:
 
 
 def test_config_and_plan_encoding(tiny_llama, tiny_config) -> None:
+    from bitalloc.search.params import params_to_choice, plan_params, plan_to_params
     from bitalloc.search.solution import Solution, Status
     from bitalloc.search.space import SearchSpace
-    from bitalloc.studies.study import (
-        StudyConfig,
-        params_to_choice,
-        plan_params,
-        plan_to_params,
-    )
+    from bitalloc.studies.study import StudyConfig
 
     cfg = tiny_config(kind="sweep", budgets=(3, 4), solvers=("ilp", "greedy"))
     assert StudyConfig.from_dict(cfg.to_dict()) == cfg
