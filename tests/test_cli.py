@@ -135,6 +135,12 @@ def test_eval_json(plan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
         (["--avg-bits", "3", "--backend", "awq"], "unknown backend 'awq'"),
         (["--avg-bits", "3", "--time-limit", "-5"], "`time_limit` must be a number of seconds"),
         (["--avg-bits", "3", "--generations", "5"], "--generations need --solver evopress"),
+        (["--avg-bits", "3", "-O", "generations=5"], "-O generations need --solver evopress"),
+        (
+            ["--avg-bits", "3", "--solver", "ilp", "-O", "generations=5"],
+            "-O generations not valid for solver 'ilp'; its options: backend, ",
+        ),
+        (["--avg-bits", "3", "--solver", "ilp", "-O", "time_limit_s"], "KEY=VALUE"),
         (["--avg-bits", "3", "--seq-len", "100000"], "longer than the context"),
     ],
 )
@@ -176,9 +182,11 @@ def test_eval_anchors_at_the_plan_bytes(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, table = tmp_path / "plan.json", tmp_path / "table.npz"
-    extra = ["--avg-bits", "3.5", "--solver", "ilp", "--table", str(table)]
-    assert main(search_args(tiny_model_dir, out, *extra)) == 0
+    extra = ["--avg-bits", "3.5", "--solver", "ilp", "--table", str(table), "-O", "backend=cbc"]
+    assert main(search_args(tiny_model_dir, out, *extra, "-O", "time_limit_s=30")) == 0
     capsys.readouterr()
+    opts = json.loads(out.read_text())["meta"]["solver_options"]
+    assert opts["backend"] == "cbc" and opts["time_limit_s"] == 30
     ev = ["eval", str(out), "--windows", "2", "--seq-len", "32", "--json", "-q"]
     assert main([*ev, "--table", str(table), "--anchors", "nncf_ratio,mlx_threshold"]) == 0
     res = json.loads(capsys.readouterr().out)

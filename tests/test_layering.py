@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "search.facade": {"backends", "models", "nn", "search", "sensitivity", "solvers", "bitalloc"},
     "evaluate": {"backends", "data", "models", "search", "search.facade"},
     "validate": {"data", "search", "search.facade", "solvers"},
-    "studies": {"cli", "data", "models", "search", "search.facade"},
+    "studies": {"cli", "data", "models", "search", "search.facade", "solvers"},
     "cli": {
         "backends",
         "bitalloc",

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..search._io import atomic_write, parse_json
+from ..search.choices import set_choice
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
 from . import BACKENDS
 from .base import AppliedPlan, check_plan
-from .rtn import MASK_SCORES
+from .rtn import MaskScore
 
 if TYPE_CHECKING:
     import torch
@@ -65,13 +66,12 @@ class PackedBackend:
     """
 
     name: ClassVar[str]
-    mask_score: str = "magnitude"
+    mask_score: MaskScore | str = MaskScore.MAGNITUDE
     quantizer: str = "rtn"
     quantizer_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.mask_score not in MASK_SCORES:
-            raise ValueError(f"`mask_score` must be one of {MASK_SCORES}, got {self.mask_score!r}")
+        set_choice(self, "mask_score", MaskScore)
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"`quantizer` must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.quantizer == "gptq" and self.mask_score != "magnitude":

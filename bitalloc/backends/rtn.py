@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..nn.units import unit_modules, unit_weight
+from ..search.choices import Choice, set_choice
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
@@ -35,7 +36,15 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-MASK_SCORES = ("magnitude", "wanda")
+
+class MaskScore(Choice):
+    """How sparse formats choose the pruned weights."""
+
+    MAGNITUDE = "magnitude"
+    WANDA = "wanda"
+
+
+MASK_SCORES = MaskScore.values()
 SEARCH_STEPS = 16  # = bitalloc.kernels.grid.SEARCH_STEPS (literal: importing kernels loads torch)
 MIN_SHRINK = 0.25  # = bitalloc.kernels.grid.MIN_SHRINK
 
@@ -69,7 +78,7 @@ class RtnBackend:
     grid: Grid | str = Grid.AUTO
     search_steps: int = SEARCH_STEPS
     min_shrink: float = MIN_SHRINK
-    mask_score: str = "magnitude"
+    mask_score: MaskScore | str = MaskScore.MAGNITUDE
     keep_codes: bool = False
 
     def __post_init__(self) -> None:
@@ -86,8 +95,7 @@ class RtnBackend:
             raise ValueError(f"`min_shrink` must be a float in (0, 1], got {shrink!r}")
         if not 0.0 < shrink <= 1.0:
             raise ValueError(f"`min_shrink` must be a float in (0, 1], got {shrink!r}")
-        if self.mask_score not in MASK_SCORES:
-            raise ValueError(f"`mask_score` must be one of {MASK_SCORES}, got {self.mask_score!r}")
+        set_choice(self, "mask_score", MaskScore)
         if not isinstance(self.keep_codes, bool):
             raise TypeError(f"`keep_codes` must be a bool, got {self.keep_codes!r}")
 

@@ -16,6 +16,7 @@ from ._common import (
     cache_dir,
     check_name,
     check_output,
+    key_values,
     load_model,
     plan_calibration,
     progress,
@@ -92,27 +93,40 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Solver options from the search flags (``--generations`` etc. only where valid)."""
+    """Solver options from ``-O KEY=VALUE`` and its aliases (``--generations``,
+    ``--offspring``, ``--checkpoint``), each only where the solver has that field."""
     import dataclasses
 
     from ..solvers import SOLVERS
 
     flags = {"generations": args.generations, "offspring": args.offspring}
     flags["checkpoint"] = args.checkpoint
-    opts = {k: v for k, v in flags.items() if v is not None}
+    aliases = {k: v for k, v in flags.items() if v is not None}
+    given = key_values(args.option or [])
+    opts = {**given, **aliases}
+    names = {**{k: f"-O {k}" for k in given}, **{k: f"--{k}" for k in aliases}}
+
+    def fields(name: str) -> set[str]:
+        cls = SOLVERS.cls(name)
+        return {f.name for f in dataclasses.fields(cls) if f.init}
+
     if args.solver is None:
         if opts:
-            bad = ", ".join(f"--{k}" for k in sorted(opts))
-            raise CliError(f"{bad} need --solver evopress (the default pipeline sets its own)")
+            bad = ", ".join(names[k] for k in sorted(opts))
+            takers = [n for n in SOLVERS.names() if set(opts) <= fields(n)] or ["NAME"]
+            raise CliError(
+                f"{bad} need --solver {' or '.join(takers)} (the default pipeline sets its own)"
+            )
         return {}
-    cls = SOLVERS.cls(args.solver)
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    if set(opts) - fields:
-        bad = ", ".join(f"--{k}" for k in sorted(set(opts) - fields))
-        raise CliError(f"{bad} not valid for solver {args.solver!r}")
-    if "seed" in fields:
+    valid = fields(args.solver)
+    if set(opts) - valid:
+        bad = ", ".join(names[k] for k in sorted(set(opts) - valid))
+        raise CliError(
+            f"{bad} not valid for solver {args.solver!r}; its options: {', '.join(sorted(valid))}"
+        )
+    if "seed" in valid:
         opts["seed"] = args.seed
-    if "callback" in fields:
+    if "callback" in valid:
         opts["callback"] = progress(args.solver, args.quiet)
     return opts
 
@@ -271,9 +285,16 @@ def register(sub: Any) -> None:
     s.add_argument("--seq-len", type=int, default=512)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the sensitivity table")
-    s.add_argument("--generations", type=int, help="evopress: generations")
-    s.add_argument("--offspring", type=int, help="evopress: offspring per generation")
-    s.add_argument("--checkpoint", help="evopress: resumable state file (JSON)")
+    s.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="option of --solver, e.g. time_limit_s=30 or generations=16 (repeatable)",
+    )
+    s.add_argument("--generations", type=int, help="alias of -O generations=N")
+    s.add_argument("--offspring", type=int, help="alias of -O offspring=N")
+    s.add_argument("--checkpoint", help="alias of -O checkpoint=FILE (evopress resumable state)")
     s.add_argument(
         "--fitness",
         choices=("auto", "kl", "table"),

@@ -46,6 +46,11 @@ _REGISTRY: dict[str, _Impl] = {
 }
 
 
+def impl_bits() -> dict[str, tuple[int, ...]]:
+    """Every registered dequant-matmul implementation and the bit widths it runs."""
+    return {name: impl.bits for name, impl in _REGISTRY.items()}
+
+
 def available_impls(device: torch.device | str = "cpu") -> tuple[str, ...]:
     """Implementations that can run for tensors on ``device`` here (``"reference"`` always)."""
     dev = torch.device(device)

@@ -22,10 +22,17 @@ from .space import SearchSpace
 from .table import SensitivityTable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from torch import nn
 
-    from ..backends.base import AppliedPlan
+    from ..backends.base import AppliedPlan, Backend
+    from ..backends.export.base import Exporter
+    from ..sensitivity.base import Estimator, Progress
+    from ..solvers.base import Evaluator, Solver
     from .frontier import Frontier
+
+    EvaluateFn = Evaluator | Callable[..., float]
 
 log = logging.getLogger(__name__)
 # "auto": fisher for causal LMs with a calibration loss (its plans measured best per second of
@@ -63,11 +70,11 @@ def estimate(
     model: nn.Module,
     space: SearchSpace,
     calib: Calibration | Sequence[Any] | None = None,
-    method: Any = DEFAULT_ESTIMATOR,
+    method: str | Estimator = DEFAULT_ESTIMATOR,
     *,
-    backend: Any = "rtn",
+    backend: str | Backend = "rtn",
     cache_dir: str | os.PathLike[str] | None = None,
-    callback: Any = None,
+    callback: Progress | None = None,
     **options: Any,
 ) -> SensitivityTable:
     """Score every (unit, format) pair of ``space`` with an estimator.
@@ -209,9 +216,9 @@ def _cache_key(est: Any, backend: Any, space: SearchSpace, provenance: dict[str,
 def solve(
     table: SensitivityTable,
     budget: Budget | float,
-    solver: Any = "ilp",
+    solver: str | Solver = "ilp",
     *,
-    evaluate: Any = None,
+    evaluate: EvaluateFn | None = None,
     **options: Any,
 ) -> Solution:
     """Pick one format per unit minimising the table's summed loss under ``budget``.
@@ -243,9 +250,9 @@ def solve(
 def frontier(
     table: SensitivityTable,
     budgets: Sequence[Budget | float] | None = None,
-    solver: Any = "ilp",
+    solver: str | Solver = "ilp",
     *,
-    evaluate: Any = None,
+    evaluate: EvaluateFn | None = None,
     **options: Any,
 ) -> Frontier:
     """Solve ``table`` at every budget (a float = average bits): one plan per budget.
@@ -289,7 +296,7 @@ def as_budget(budget: Budget | float) -> Budget:
 def apply(
     model: nn.Module,
     solution: Solution,
-    backend: Any = None,
+    backend: str | Backend | None = None,
     *,
     calib: Calibration | Sequence[Any] | None = None,
     **options: Any,
@@ -320,7 +327,7 @@ def plan_backend(solution: Solution) -> Any:
 
 def export(
     solution: Solution,
-    target: Any,
+    target: str | Exporter,
     path: str | os.PathLike[str] | None = None,
     *,
     fix: bool = False,

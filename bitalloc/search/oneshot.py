@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .budget import Budget
 from .calibration import Calibration, as_calibration
+from .choices import Choice
 from .formats import QuantFormat
 from .solution import Solution, Status
 from .space import SearchSpace
@@ -28,6 +29,10 @@ from .table import SensitivityTable
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from ..backends.base import Backend
+    from ..sensitivity.base import Estimator, Progress
+    from ..solvers.base import Solver
 
 DEFAULT_FORMATS = (
     "int2-g64",
@@ -39,7 +44,17 @@ DEFAULT_FORMATS = (
     "int6-g64",
     "int8-pc",
 )
-FITNESS = ("auto", "kl", "table")
+
+
+class FitnessSource(Choice):
+    """What a black-box solver optimises: measured KL, the table, or the solver's preference."""
+
+    AUTO = "auto"
+    KL = "kl"
+    TABLE = "table"
+
+
+FITNESS = FitnessSource.values()
 
 
 def default_backend(model: nn.Module, space: SearchSpace, calib: Calibration | None) -> str:
@@ -72,9 +87,9 @@ def search_with_table(
     budget: Budget | float,
     *,
     formats: Sequence[str | QuantFormat] = DEFAULT_FORMATS,
-    estimator: Any = "auto",
-    solver: Any = None,
-    backend: Any = "auto",
+    estimator: str | Estimator = "auto",
+    solver: str | Solver | None = None,
+    backend: str | Backend = "auto",
     effort: str = "default",
     time_limit: float | None = None,
     include: Sequence[str] = (),
@@ -82,7 +97,7 @@ def search_with_table(
     tie: Sequence[str] | str | None = "auto",
     channel_group: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    callback: Any = None,
+    callback: Progress | None = None,
     fitness: str = "auto",
     seed: int = 0,
 ) -> tuple[SensitivityTable, Solution]:
@@ -187,8 +202,7 @@ def solve_with_fitness(
     """
     from .api import solve
 
-    if fitness not in FITNESS:
-        raise ValueError(f"`fitness` must be one of {', '.join(FITNESS)}, got {fitness!r}")
+    fitness = FitnessSource.parse(fitness, "fitness")
     from ..solvers import solvers_with
 
     black = type(solver).black_box

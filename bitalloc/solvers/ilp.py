@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..search.budget import Budget
+from ..search.choices import Choice, set_choice
 from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
@@ -33,7 +34,18 @@ from .base import (
 from .lagrangian import solve_problem
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "cbc", "highs", "scipy")
+
+
+class MipBackend(Choice):
+    """The MIP solver behind ``ilp``."""
+
+    AUTO = "auto"
+    CBC = "cbc"
+    HIGHS = "highs"
+    SCIPY = "scipy"
+
+
+BACKENDS = MipBackend.values()
 AUTO_HIGHS_ABOVE = 1_000  # binaries; "auto" uses CBC up to here, scipy/HiGHS above
 
 
@@ -86,7 +98,7 @@ class IlpSolver(SolverBase):
         >>> sol = IlpSolver(time_limit_s=10).solve(table, Budget.avg_bits(3.0))
     """
 
-    backend: str = "auto"
+    backend: MipBackend | str = MipBackend.AUTO
     time_limit_s: float = 60.0
     mip_rel_gap: float = 1e-4
     msg: bool = False
@@ -95,8 +107,7 @@ class IlpSolver(SolverBase):
     exact: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"`backend` must be one of {BACKENDS}, got {self.backend!r}")
+        set_choice(self, "backend", MipBackend)
         t = self.time_limit_s
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ValueError(f"`time_limit_s` must be a positive number, got {t!r}")

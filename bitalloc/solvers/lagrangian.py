@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..search.budget import Budget
+from ..search.choices import Choice, set_choice
 from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
@@ -24,7 +25,16 @@ from ._mckp import masked
 from .base import SolverBase, make_solution, provenance, relative_gap, start, validate
 
 __all__ = ["Hulls", "LagrangianSolver", "fill_moves", "lower_hulls", "prefix", "solve_problem"]
-METHODS = ("hull", "bisection")
+
+
+class Method(Choice):
+    """How the lagrangian solver finds the multiplier."""
+
+    HULL = "hull"
+    BISECTION = "bisection"
+
+
+METHODS = Method.values()
 OPTIMAL_GAP = 1e-12  # a relative gap below this (float rounding) counts as zero
 
 
@@ -71,15 +81,14 @@ class LagrangianSolver(SolverBase):
         True
     """
 
-    method: str = "hull"
+    method: Method | str = Method.HULL
     fill: bool = True
 
     name: ClassVar[str]
     supports_constraints: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}")
+        set_choice(self, "method", Method)
         if not isinstance(self.fill, bool):
             raise TypeError(f"`fill` must be a bool, got {self.fill!r}")
 
@@ -124,8 +133,7 @@ def solve_problem(problem: Problem, method: str = "hull", fill: bool = True) -> 
             f"the lagrangian solver handles the memory row only; the problem has extra rows "
             f"{list(problem.extra_names)}: use solver 'ilp' or 'greedy'"
         )
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    method = Method.parse(method, "method")
     _, c, v = masked(problem)
     best = _best_value(c, v)
     if problem.total(best)[1] <= problem.capacity:  # not binding: the unconstrained optimum

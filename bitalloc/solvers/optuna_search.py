@@ -9,11 +9,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..search.budget import Budget
+from ..search.choices import Choice
 from ..search.params import param_name
 from ..search.problem import Problem
 from ..search.solution import Solution, Status
@@ -23,7 +24,37 @@ from ._fitness import Fitness, check_int_options, repair_batch
 from ._mckp import feasible_start, row_scales
 from .base import SolverBase, infeasible, joint_message, make_solution, provenance, start
 
-SAMPLERS = ("tpe", "nsga2")
+if TYPE_CHECKING:
+    import optuna
+
+SAMPLERS = ("tpe", "nsga2")  # the solver's; studies also take "random"
+
+
+class Sampler(Choice):
+    """The Optuna samplers bitalloc builds (:func:`make_sampler`)."""
+
+    TPE = "tpe"
+    NSGA2 = "nsga2"
+    RANDOM = "random"
+
+
+def make_sampler(
+    name: str, seed: int | None, population_size: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The seeded Optuna sampler ``name`` (a :class:`Sampler` value); ``population_size``
+    sets NSGA-II's generation size (Optuna's default when ``None``)."""
+    import optuna
+
+    kind = Sampler.parse(name, "sampler")
+    if kind is Sampler.RANDOM:
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind is Sampler.NSGA2:
+        if population_size is None:
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
 PLAN_ATTR = "bitalloc_plan"  # trial user attr: the (repaired) plan, one format key per group
 STUDY_ATTR = "bitalloc"  # study user attr: what the study optimises (checked on resume)
 
@@ -145,13 +176,7 @@ class OptunaSolver(SolverBase):
         """Create (or resume) the study; a resumed one must optimise the same problem."""
         import optuna
 
-        sampler = (
-            optuna.samplers.TPESampler(seed=self.seed)
-            if self.sampler == "tpe"
-            else optuna.samplers.NSGAIISampler(
-                seed=self.seed, population_size=self.population_size
-            )
-        )
+        sampler = make_sampler(self.sampler, self.seed, self.population_size)
         tag = {
             "space": table.space.fingerprint(),
             "table": hashlib.sha256(np.ascontiguousarray(table.values).tobytes()).hexdigest()[:16],

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from ..search.choices import Choice, set_choice
 from .storage import StorageOptions, StorageSpec, open_storage, resolve_storage
 
 if TYPE_CHECKING:
@@ -34,8 +35,16 @@ if TYPE_CHECKING:
 
 CONFIG_ATTR = "bitalloc"
 METRICS = ("avg_bits", "kl")
-KINDS = ("sample", "sweep")
-SAMPLERS = ("tpe", "random", "nsga2")
+
+
+class StudyKind(Choice):
+    """A study samples plans (the sampler picks formats) or sweeps a fixed grid."""
+
+    SAMPLE = "sample"
+    SWEEP = "sweep"
+
+
+KINDS = StudyKind.values()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,7 @@ class StudyConfig:
     """
 
     model: str
-    kind: str = "sample"
+    kind: StudyKind | str = StudyKind.SAMPLE
     formats: tuple[str, ...] = ("int2-g64", "int3-g64", "int4-g64", "int8-g64")
     tie: str = "auto"
     budgets: tuple[float, ...] = ()
@@ -78,10 +87,10 @@ class StudyConfig:
         for name in ("formats", "estimators", "solvers"):
             object.__setattr__(self, name, tuple(str(x) for x in getattr(self, name)))
         object.__setattr__(self, "budgets", tuple(float(b) for b in self.budgets))
-        if self.kind not in KINDS:
-            raise ValueError(f"`kind` must be one of {KINDS}, got {self.kind!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {self.sampler!r}")
+        from ..solvers.optuna_search import Sampler
+
+        set_choice(self, "kind", StudyKind)
+        set_choice(self, "sampler", Sampler)
         if not self.formats or not self.estimators or not self.solvers:
             raise ValueError("`formats`, `estimators` and `solvers` must each be non-empty")
         if any(not math.isfinite(b) or b <= 0 for b in self.budgets):
@@ -134,14 +143,10 @@ class StudyConfig:
 
 def make_sampler(config: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     """The sampler named by ``config`` (sweeps fix every param, so any sampler works)."""
-    import optuna
+    from ..solvers.optuna_search import make_sampler as build
 
     seed = config.seed if seed is None else seed
-    if config.kind == "sweep" or config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return build("random" if config.kind == "sweep" else config.sampler, seed)
 
 
 def create_study(

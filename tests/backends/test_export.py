@@ -9,49 +9,11 @@ import json
 import re
 
 import pytest
+from contracts.exporter import ExporterContract, llama_space
 
 import bitalloc
 from bitalloc import QuantFormat, SearchSpace, Solution, Status, Unit
 from bitalloc.backends.export import EXPORTERS, ExportViolations
-
-LAYER = (  # (suffix, out, in) of a Llama block with hidden h and MLP width m
-    ("self_attn.q_proj", "h", "h"),
-    ("self_attn.k_proj", "kv", "h"),
-    ("self_attn.v_proj", "kv", "h"),
-    ("self_attn.o_proj", "h", "h"),
-    ("mlp.gate_proj", "m", "h"),
-    ("mlp.up_proj", "m", "h"),
-    ("mlp.down_proj", "h", "m"),
-)
-FORMATS = (
-    "int2-g64",
-    "int3-g64",
-    "int4-g64",
-    "int4-g64-sym",
-    "int4-g128-sym",
-    "int5-g64",
-    "int6-g64",
-    "int7-g64",
-    "int8-pc-sym",
-    "int4-g32-sym",
-    "int3-g64-sym",
-    "int4-g64-s2:4",
-    "int4-g256-sym",
-    "bf16",
-)
-
-
-def llama_space(layers: int = 2, h: int = 256, m: int = 512, kv: int = 128) -> SearchSpace:
-    """A Llama-like space (no model): every format its shape supports, no ties."""
-    dims = {"h": h, "m": m, "kv": kv}
-    fmts = tuple(QuantFormat.parse(k) for k in FORMATS)
-    units = []
-    for i in range(layers):
-        for suffix, out, inp in LAYER:
-            shape = (dims[out], dims[inp])
-            allowed = tuple(f.key for f in fmts if f.supports(shape))
-            units.append(Unit(f"model.layers.{i}.{suffix}", shape, allowed))
-    return SearchSpace(units=tuple(units), formats=fmts)
 
 
 def plan(space: SearchSpace, default: str, **by_suffix: str) -> Solution:
@@ -422,33 +384,8 @@ def test_hqq_dynamic_config_schema_and_tag_rule() -> None:
 
 
 # ---------------------------------------------------------------------- every target
-@pytest.mark.parametrize("target", sorted(EXPORTERS.names()))
-def test_fix_never_lowers_bits_on_random_plans(target: str) -> None:
-    import numpy as np
-
-    exp = EXPORTERS.get(target)
-    space = llama_space(layers=3)
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        choice = tuple(str(rng.choice(u.allowed)) for u in space.units)
-        sol = Solution(space=space, choice=choice, status=Status.FEASIBLE)
-        fixed = assert_fixed(exp, sol)
-        assert (
-            fixed.space.units[0].allowed[: len(space.units[0].allowed)] == space.units[0].allowed
-        )
-        assert exp.serialize(exp.render(fixed))
-        raised = fixed.meta["export_fix"]["raised"] if fixed is not sol else {}
-        assert set(raised) == {n for n, a, b in zip(space.names, choice, fixed.choice) if a != b}
-
-
-@pytest.mark.parametrize("target", sorted(EXPORTERS.names()))
-def test_every_target_refuses_sparse_formats(target: str) -> None:
-    sol = plan(llama_space(), "int4-g64-sym", mlp_down_proj="int4-g64-s2:4")
-    bad = [v for v in EXPORTERS.get(target).check(sol) if v.rule == "sparsity"]
-    assert {v.unit for v in bad} == {
-        "model.layers.0.mlp.down_proj",
-        "model.layers.1.mlp.down_proj",
-    }
+class TestExporterContract(ExporterContract):
+    """tests/contracts/exporter.py over every registered exporter."""
 
 
 def test_facade_writes_atomically_and_refuses_bad_plans(tmp_path) -> None:

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from contracts.kernel import KernelContract
 
 from bitalloc.kernels import triton_dequant
 from bitalloc.kernels.matmul import (
@@ -170,3 +171,7 @@ def test_bad_inputs_name_the_argument(interp: None) -> None:
         dequant_matmul_reference(x, w)  # type: ignore[arg-type]
     # 5-bit weights still run through the reference (auto never picks Triton for them)
     assert dequant_matmul(x, pack_weight(w, 5, 32)).shape == (1, 16)
+
+
+class TestKernelContract(KernelContract):
+    """tests/contracts/kernel.py over every registered implementation."""

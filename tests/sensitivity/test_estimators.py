@@ -1,10 +1,12 @@
-"""Estimator contract (every registered estimator) and layer_error against a direct computation."""
+"""The estimator contract (tests/contracts/estimator.py) over every registered estimator, and
+layer_error against a direct computation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from contracts.estimator import FORMATS, EstimatorContract, mlp_calib, toy_mlp
 from torch import nn
 
 from bitalloc import SearchSpace, estimate
@@ -12,61 +14,10 @@ from bitalloc.backends.rtn import RtnBackend
 from bitalloc.kernels import fake_quantize
 from bitalloc.search.calibration import Calibration
 from bitalloc.search.table import SensitivityTable
-from bitalloc.sensitivity import ESTIMATORS
-
-FORMATS = ["int2-g32", "int3-g32", "int4-g32", "int8-g32"]
 
 
-def toy_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.GELU(), nn.Linear(64, 32)
-    ).eval()
-
-
-def mlp_calib(n: int = 3) -> Calibration:
-    gen = torch.Generator().manual_seed(5)
-    return Calibration(
-        batches=tuple(torch.randn(4, 16, 64, generator=gen) for _ in range(n)),
-        forward=lambda m, b: m(b),
-        loss=lambda out, b: out.pow(2).mean(),  # for the gradient-based estimators
-    )
-
-
-@pytest.fixture(params=ESTIMATORS.names())
-def name(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-class TestEstimatorContract:
-    def test_shape_finite_and_monotone_in_bits(self, name: str) -> None:
-        model, calib = toy_mlp(), mlp_calib()
-        space = SearchSpace.from_model(model, FORMATS)
-        table = estimate(model, space, calib, name)
-        assert table.values.shape == (3, 4)
-        assert np.isfinite(table.values).all() and (table.values >= 0).all()
-        assert (np.diff(table.values, axis=1) <= 0).all(), "more bits must not cost more"
-        assert table.estimator == name and "model_fingerprint" in table.meta
-
-    def test_deterministic(self, name: str) -> None:
-        model, calib = toy_mlp(), mlp_calib()
-        space = SearchSpace.from_model(model, FORMATS)
-        a = estimate(model, space, calib, name).values
-        b = estimate(model, space, calib, name).values
-        assert np.array_equal(a, b)
-
-    def test_masked_formats_are_inf(self, name: str) -> None:
-        model = nn.Sequential(nn.Linear(48, 8), nn.Linear(8, 4)).eval()
-        calib = Calibration(
-            batches=(torch.randn(16, 48),),  # >= 16 tokens for the grid search statistics
-            forward=lambda m, b: m(b),
-            loss=lambda o, b: o.square().mean(),
-        )
-        space = SearchSpace.from_model(model, ["int4-g16", "int8-pc"])
-        values = estimate(model, space, calib, name).values
-        assert (
-            np.isinf(values[1, 0]) and np.isfinite(values[0]).all() and np.isfinite(values[1, 1])
-        )
+class TestEstimatorContract(EstimatorContract):
+    """tests/contracts/estimator.py over every registered estimator."""
 
 
 def test_layer_error_equals_direct_output_error() -> None:

@@ -84,7 +84,8 @@ def test_round_trip(storage_url, study_name, sample_objective, tiny_model_dir) -
     values, user attributes and the plan JSON all come back, and the plan is the params."""
     from optuna.trial import TrialState
 
-    from bitalloc.studies.study import create_study, load_study, params_to_choice, trial_plan
+    from bitalloc.search.params import params_to_choice
+    from bitalloc.studies.study import create_study, load_study, trial_plan
     from bitalloc.studies.worker import run_worker
 
     objective = sample_objective
