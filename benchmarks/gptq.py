@@ -48,7 +48,7 @@ def layer_study(model, tok, seq_len: int) -> None:  # noqa: ANN001 - script help
     Inputs of a few layers from 20 windows of the float model: the first 4/8/16 windows build
     ``H``, the last 4 measure ``||(W - W_hat) X||^2``.
     """
-    from bitalloc.backends._obs import hessian_factor, obs_quantize
+    from bitalloc.backends._gptq_core import gptq_quantize, hessian_factor
     from bitalloc.kernels import fake_quantize
 
     names = [
@@ -81,7 +81,7 @@ def layer_study(model, tok, seq_len: int) -> None:  # noqa: ANN001 - script help
             h = 2 * xc.T @ xc / xc.shape[0]
             ratios = []
             for d in damps:
-                res = obs_quantize(w, hessian_factor(h, d, False), 3, 64, False)
+                res = gptq_quantize(w, hessian_factor(h, d, False), 3, 64, False)
                 ratios.append(float(((w - res.weight) @ held.T).pow(2).sum()) / rtn)
             print(
                 f"| {name} | {n_win * seq_len} | " + " | ".join(f"{r:.3f}" for r in ratios) + " |"

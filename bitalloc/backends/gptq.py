@@ -4,9 +4,9 @@ Each planned ``nn.Linear`` is quantized with the OBS error feedback of GPTQ (Fra
 "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023)
 from its Hessian ``H = 2 X^T X / n`` over the calibration inputs ``X``; sparse formats use
 SparseGPT (Frantar & Alistarh, ICML 2023): joint pruning + quantization with masks chosen per
-block from ``w^2 / [chol(H^-1)]_jj^2`` and exact per-row counts (see :mod:`._obs`).
+block from ``w^2 / [chol(H^-1)]_jj^2`` and exact per-row counts (see :mod:`._gptq_core`).
 
-Inputs (see :mod:`._sequential`): models with a list of repeated blocks (HF decoder layers,
+Inputs (see :mod:`._layer_inputs`): models with a list of repeated blocks (HF decoder layers,
 found by :func:`bitalloc.sensitivity._blocks.find_blocks`) are processed block by block, each
 block fed the outputs of the already quantized blocks before it; layers outside the blocks
 then take their inputs from one pass of the partly quantized model. A model without such a
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ._obs import Factor
+    from ._gptq_core import Factor
 
 log = logging.getLogger(__name__)
 GRIDS = ("search", "minmax")
@@ -160,7 +160,7 @@ class GptqBackend:
     def _run(self, model: nn.Module, plan: dict[str, Any], batches: Any, forward: Any, quant: Any):
         from ..nn.blocks import find_blocks
         from ..nn.hessians import one_pass
-        from ._sequential import sequential
+        from ._layer_inputs import sequential
 
         blocks = find_blocks(model, plan) if self.sequential else []
         owned: dict[str, dict[str, nn.Module]] = {}
@@ -211,7 +211,7 @@ class GptqBackend:
     ) -> Quantized:
         """GPTQ/SparseGPT of one 2-D weight block in ``fmt`` given its layer's Hessian ``h``
         (``factors`` caches the Cholesky factor of every ``h`` by identity)."""
-        from ._obs import hessian_factor, obs_quantize
+        from ._gptq_core import gptq_quantize, hessian_factor
 
         n_m = getattr(fmt, "n_m", None)
         pruned = _pruned_per_row(fmt, w.shape[1])
@@ -221,7 +221,7 @@ class GptqBackend:
         key = (id(h), order)
         if key not in factors:
             factors[key] = hessian_factor(h.to(w.device), self.percdamp, order)
-        return obs_quantize(
+        return gptq_quantize(
             w.detach().float(),
             factors[key],
             fmt.bits,

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from bitalloc.data.corpora import Article, articles, corpus_names, sentences, text
-from bitalloc.data.evaluate import (
+from bitalloc.data.metrics import (
     LMScore,
     embed,
     embedding_fidelity,

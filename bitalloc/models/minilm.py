@@ -2,7 +2,7 @@
 
 Loaded with plain transformers ``AutoModel`` + ``AutoTokenizer``; sentence embeddings are the
 attention-mask-weighted mean of the last hidden states, L2-normalized (see
-:func:`bitalloc.data.evaluate.embed`), which matches sentence-transformers to about 1e-8.
+:func:`bitalloc.data.metrics.embed`), which matches sentence-transformers to about 1e-8.
 """
 
 from __future__ import annotations

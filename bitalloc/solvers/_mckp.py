@@ -185,3 +185,51 @@ def lp_bound(problem: Problem) -> float:
         return math.inf  # the LP is infeasible too
     _, c, v = masked(problem)
     return hull_greedy(c, v, problem.capacity)[1]
+
+
+def repair_batch(problem: Problem, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make every row of ``choices`` ``[N, G]`` fit every budget row; ``(repaired, ok)``.
+
+    The batched form of :func:`bitalloc.solvers._mckp.repair`: with the scaled violation
+    ``V = sum_r max(C_r - B_r, 0) / s_r``, each still-violating candidate takes the move of
+    least value increase per unit of violation removed, ``min (v[g, k] - v[g, a]) / (V -
+    V_after)``; for memory alone that lowers the group whose downgrade costs the least
+    predicted loss per bit of overshoot removed. All candidates step together (one vectorised
+    pass per move), so a population is repaired in ``O(max moves)`` numpy passes. ``ok[n]`` is
+    False where no move reduces the violation any more (possible only with extra rows); such
+    rows are returned unchanged and must not be used as plans.
+    """
+    allowed, _, v = masked(problem)
+    a = np.where(allowed[None], problem.row_costs(), np.inf)  # [R, G, F]
+    caps, scale = problem.row_caps(), row_scales(problem)
+    x = np.array(choices, dtype=np.int64, copy=True).reshape(-1, problem.n_groups)
+    rows = np.arange(problem.n_groups)
+    if not allowed[rows, x].all():
+        raise ValueError("`choices` holds options that are not allowed")
+    ok = np.ones(len(x), dtype=bool)
+    active = np.arange(len(x))
+    while active.size:
+        cur = np.moveaxis(a[:, rows[None, :], x[active]], 0, 1)  # [n, R, G]
+        over = cur.sum(axis=2) - caps
+        keep = ~(over <= 0).all(axis=1)
+        active, cur, over = active[keep], cur[keep], over[keep]
+        if not active.size:
+            break
+        now = (np.maximum(over, 0) / scale).sum(axis=1)  # [n]
+        with np.errstate(invalid="ignore"):
+            after = over[:, :, None, None] + (a[None] - cur[..., None])  # [n, R, G, F]
+            viol = (np.maximum(after, 0) / scale[None, :, None, None]).sum(axis=1)
+        red = now[:, None, None] - viol
+        movable = allowed[None] & (red > 1e-12 * now[:, None, None])
+        stuck = ~movable.reshape(len(active), -1).any(axis=1)
+        ok[active[stuck]] = False
+        active, movable, red = active[~stuck], movable[~stuck], red[~stuck]
+        if not active.size:
+            break
+        with np.errstate(invalid="ignore"):
+            loss = v[None] - v[rows[None, :], x[active]][:, :, None]
+            ratio = np.where(movable, loss / np.where(movable, red, 1.0), np.inf)
+        flat = np.argmin(ratio.reshape(len(active), -1), axis=1)
+        g, k = np.divmod(flat, problem.values.shape[1])
+        x[active, g] = k
+    return x, ok

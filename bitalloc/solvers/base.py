@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -82,6 +83,16 @@ class BlackBoxSolver(Solver, Protocol):
     ) -> Solution:
         """The best plan found within ``budget``."""
         ...
+
+
+def check_int_options(solver: Any, minima: Iterable[tuple[str, int | None]]) -> None:
+    """Raise ``ValueError`` unless each named field of ``solver`` is an integer (not a bool)
+    ``>= low`` (``low=None``: any integer, e.g. a seed)."""
+    for arg, low in minima:
+        val = getattr(solver, arg)
+        if isinstance(val, bool) or not isinstance(val, int) or (low is not None and val < low):
+            bound = "" if low is None else f" >= {low}"
+            raise ValueError(f"`{arg}` must be an integer{bound}, got {val!r}")
 
 
 def validate(table: Any, budget: Any) -> None:

@@ -13,7 +13,7 @@ from ..search.solution import Solution, Status
 from ..search.space import SearchSpace
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._anchors import (
+from ._two_precision import (
     check_optional_key,
     format_index,
     need,
@@ -60,7 +60,7 @@ class LlamaCppKmSolver(SolverBase):
     applied (the searched space normally excludes ``lm_head`` and embeddings).
 
     Fitting a budget (our addition; llama.cpp has no budget): formats are ordered by nominal
-    width (exact bits per weight averaged over the units, :mod:`._anchors`); candidate
+    width (exact bits per weight averaged over the units, :mod:`._two_precision`); candidate
     (base, high) pairs are (f_k, f_k+1) for consecutive formats, and the "pure" pairs (f_k,
     f_k) (llama.cpp ``--pure``: no bump). A tie group takes the wider of its members' formats
     (high if any member is bumped); a group that cannot take its format takes the closest

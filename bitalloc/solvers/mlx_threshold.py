@@ -11,7 +11,7 @@ from ..search.budget import Budget
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._anchors import check_optional_key, two_precision_start
+from ._two_precision import check_optional_key, two_precision_start
 from .base import SolverBase, make_solution
 
 
@@ -41,7 +41,7 @@ class MlxThresholdSolver(SolverBase):
     on the over-budget side), and ``t = -inf`` (every group high) is allowed.
 
     Groups that cannot take both formats take the closest allowed format to ``low``
-    (:mod:`._anchors`). ``low``/``high`` default to the formats bracketing the budget
+    (:mod:`._two_precision`). ``low``/``high`` default to the formats bracketing the budget
     (``low`` the widest whose all-low plan fits, ``high`` the next wider). Status FEASIBLE
     (LIMIT when ``iterations`` ran out before the bracket closed; the plan still fits).
 

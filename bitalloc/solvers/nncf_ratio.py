@@ -12,7 +12,7 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._anchors import (
+from ._two_precision import (
     Split,
     check_optional_key,
     need,
@@ -45,7 +45,7 @@ class NncfRatioSolver(SolverBase):
     data-free inverse-INT8-error score needs the weights themselves and is not reproduced.
 
     Groups that cannot take both formats are not ratio-defining and take the closest allowed
-    format to ``low`` (:mod:`._anchors`). ``ratio=None`` (our budget fit): the smallest ratio
+    format to ``low`` (:mod:`._two_precision`). ``ratio=None`` (our budget fit): the smallest ratio
     whose plan fits, i.e. the largest share of high-precision weights along NNCF's order; its
     NNCF-equivalent ratio is reported. An explicit ``ratio`` whose plan exceeds the budget
     gives INFEASIBLE (with the smallest ratio that fits). ``low``/``high`` default to the

@@ -14,9 +14,9 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._fitness import Fitness, check_int_options, repair_batch
-from ._mckp import feasible_start, greedy_choice
-from .base import SolverBase, infeasible, make_solution, provenance, start
+from ._fitness import Fitness
+from ._mckp import feasible_start, greedy_choice, repair_batch
+from .base import SolverBase, check_int_options, infeasible, make_solution, provenance, start
 
 if TYPE_CHECKING:
     from ..search.frontier import Frontier
@@ -41,7 +41,7 @@ class Nsga2Solver(SolverBase):
     rounding) move between neighbouring bit widths. A pymoo ``Repair`` makes every candidate
     fit the budget before it is scored: the group whose downgrade costs the least predicted
     loss per bit of overshoot removed is lowered until every row holds
-    (:func:`~bitalloc.solvers._fitness.repair_batch`; Deb's constraint handling by repair,
+    (:func:`~bitalloc.solvers._mckp.repair_batch`; Deb's constraint handling by repair,
     as recommended for tight budgets in pymoo#384). The initial population holds
     ``warm_start`` greedy plans (Shoham & Gersho's marginal-return rule) at budgets spread
     from the smallest plan to the cap, the rest is random.

@@ -20,9 +20,17 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._fitness import Fitness, check_int_options, repair_batch
-from ._mckp import feasible_start, row_scales
-from .base import SolverBase, infeasible, joint_message, make_solution, provenance, start
+from ._fitness import Fitness
+from ._mckp import feasible_start, repair_batch, row_scales
+from .base import (
+    SolverBase,
+    check_int_options,
+    infeasible,
+    joint_message,
+    make_solution,
+    provenance,
+    start,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -73,7 +81,7 @@ class OptunaSolver(SolverBase):
     through ``trial.set_constraint`` (the Optuna 5 replacement of ``constraints_func``) so the
     sampler learns the feasible region, and every sample over budget is also repaired (the
     group of least predicted-loss increase per bit of overshoot is lowered until it fits,
-    :func:`~bitalloc.solvers._fitness.repair_batch`) before it is scored, so every scored plan
+    :func:`~bitalloc.solvers._mckp.repair_batch`) before it is scored, so every scored plan
     fits and the returned best is feasible. The ``warm_start`` solver's plan (default the exact
     ``ilp``) is enqueued as trial 0 (``study.enqueue_trial``): without ``evaluate`` the result
     is never worse than it.

@@ -1,7 +1,7 @@
 """OWL baseline: outlier-weighted layerwise sparsity (Yin et al., ICML 2024, arXiv 2310.05175).
 
 OWL gives layers with more activation outliers less sparsity. With ``LOD_i`` the outlier ratio
-of unit ``i`` (:func:`bitalloc.sensitivity.owl.outlier_ratios`: fraction of Wanda scores
+of unit ``i`` (:func:`bitalloc.sensitivity.outliers.outlier_ratios`: fraction of Wanda scores
 ``|W|*||X||`` above ``M`` times their mean, pooled per decoder block) and the target
 sparsity ``S``:
 
@@ -140,7 +140,7 @@ class OwlSolver(SolverBase):
         if raw is None:
             log.warning(
                 "owl: no outlier ratios (pass `outlier_ratios`, or a table from "
-                "bitalloc.sensitivity.owl.with_outlier_ratios); every unit gets the target"
+                "bitalloc.sensitivity.outliers.with_outlier_ratios); every unit gets the target"
             )
             return np.zeros(len(table.space))
         r = np.asarray(raw, dtype=np.float64).reshape(-1)

@@ -10,7 +10,7 @@ from backend_helpers import VOCAB, lm_calib, plan
 from torch import nn
 
 from bitalloc import QuantFormat, apply
-from bitalloc.backends._obs import hessian_factor, obs_quantize
+from bitalloc.backends._gptq_core import gptq_quantize, hessian_factor
 from bitalloc.data import evaluate_lm
 from bitalloc.kernels import dequantize, fake_quantize
 from bitalloc.kernels.sparsity import fake_quantize_sparse, satisfies_n_m
@@ -39,7 +39,7 @@ def run(w, x, key: str, act_order: bool = False):  # noqa: ANN001, ANN201
     h = 2 * x.T.double() @ x.double() / x.shape[0]
     factor = hessian_factor(h, 0.01, act_order and not fmt.is_sparse)
     pruned = fmt.pruned_per_row(w.shape[1]) if fmt.is_sparse and fmt.n_m is None else 0
-    return obs_quantize(
+    return gptq_quantize(
         w,
         factor,
         fmt.bits,
@@ -104,7 +104,7 @@ def test_dead_inputs_and_rank_deficient_hessian(layer) -> None:
     x[:, 7] = 0.0  # a dead input
     h = 2 * x.T.double() @ x.double() / 16
     factor = hessian_factor(h, 1e-12, act_order=False)
-    res = obs_quantize(w, factor, 3, 32, False)
+    res = gptq_quantize(w, factor, 3, 32, False)
     assert bool(torch.isfinite(res.weight).all())
     assert torch.equal(dequantize(res.codes, res.scale, res.zero, w.shape), res.weight)
 

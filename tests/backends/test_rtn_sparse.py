@@ -11,7 +11,7 @@ from bitalloc.data.tokens import next_token_loss
 from bitalloc.kernels.sparsity import fake_quantize_sparse, prune_mask, satisfies_n_m
 from bitalloc.search.budget import Budget
 from bitalloc.search.calibration import Calibration
-from bitalloc.sensitivity.owl import input_norms
+from bitalloc.sensitivity.outliers import input_norms
 
 SPARSE = ["int4-g32-s2:4", "int8-pc-s0.5", "bf16-s0.7", "int4-g32"]
 

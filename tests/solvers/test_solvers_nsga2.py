@@ -12,8 +12,7 @@ import bitalloc as ba
 from bitalloc.search.budget import Budget
 from bitalloc.search.problem import Problem
 from bitalloc.search.solution import Solution, Status
-from bitalloc.solvers._fitness import repair_batch
-from bitalloc.solvers._mckp import best_value_choice
+from bitalloc.solvers._mckp import best_value_choice, repair_batch
 from bitalloc.solvers.nsga2 import Nsga2Solver
 
 FAST = {"pop_size": 16, "n_gen": 8}

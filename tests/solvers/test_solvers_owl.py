@@ -11,7 +11,12 @@ from bitalloc.search.budget import Budget
 from bitalloc.search.formats import QuantFormat
 from bitalloc.search.space import Unit
 from bitalloc.search.table import SensitivityTable
-from bitalloc.sensitivity.owl import block_of, input_norms, outlier_ratios, with_outlier_ratios
+from bitalloc.sensitivity.outliers import (
+    block_of,
+    input_norms,
+    outlier_ratios,
+    with_outlier_ratios,
+)
 from bitalloc.solvers.owl import OwlSolver
 
 LEVELS = ["int4-g64"] + [f"int4-g64-s{s / 100:g}" for s in range(30, 75, 5)]

@@ -100,7 +100,7 @@ def _alignment(group: int | None, region: int | None, block_size: int) -> int:
     return max(step, block_size // step * step)
 
 
-def obs_quantize(
+def gptq_quantize(
     w: torch.Tensor,
     factor: Factor,
     bits: int,
@@ -122,7 +122,7 @@ def obs_quantize(
     """
     importance = factor.diag if search else None
     with _single_thread(w.device):
-        return _obs_loop(
+        return _gptq_loop(
             w,
             factor,
             bits,
@@ -152,7 +152,7 @@ def _single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _obs_loop(
+def _gptq_loop(
     w: torch.Tensor,
     factor: Factor,
     bits: int,
