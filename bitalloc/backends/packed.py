@@ -59,7 +59,9 @@ class PackedBackend:
         mask_score: how sparse formats choose the pruned weights (``quantizer="rtn"`` only):
             ``"magnitude"`` or ``"wanda"`` (needs ``calib``); SparseGPT chooses its own masks.
         quantizer: ``"rtn"`` (the rtn backend: clip-searched grid with ``calib``, minmax
-            without) or ``"gptq"`` (GPTQ / SparseGPT; needs ``calib``).
+            without) or ``"gptq"`` (GPTQ / SparseGPT; needs ``calib``), or an instance of
+            either backend (``PackedBackend(quantizer=GptqBackend(act_order=False))``), stored
+            as its name and non-default options.
         quantizer_options: options of the quantizer backend (rtn: ``grid``,
             ``search_steps``, ``min_shrink``; gptq: ``percdamp``, ``block_size``,
             ``act_order``, ``max_batches``, ``sequential``, ``grid``); ``None`` for defaults.
@@ -67,10 +69,12 @@ class PackedBackend:
 
     name: ClassVar[str]
     mask_score: MaskScore | str = MaskScore.MAGNITUDE
-    quantizer: str = "rtn"
+    quantizer: Any = "rtn"
     quantizer_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.quantizer, str):
+            self._compose(self.quantizer)
         set_choice(self, "mask_score", MaskScore)
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"`quantizer` must be one of {QUANTIZERS}, got {self.quantizer!r}")
@@ -79,6 +83,30 @@ class PackedBackend:
                 "`mask_score` applies to quantizer='rtn' only (gptq prunes with SparseGPT)"
             )
         self.quantizer_backend()  # unknown or bad options raise here, before any work
+
+    def _compose(self, inner: Any) -> None:
+        """Store a quantizer backend instance as its name and non-default options (the form
+        plans record), so ``PackedBackend(quantizer=GptqBackend(sequential=False))`` equals
+        ``PackedBackend(quantizer="gptq", quantizer_options={"sequential": False})``."""
+        import dataclasses
+
+        name = getattr(type(inner), "name", None)
+        if name not in QUANTIZERS or not dataclasses.is_dataclass(inner):
+            raise TypeError(
+                f"`quantizer` must be one of {QUANTIZERS} or an instance of their backends, "
+                f"got {type(inner).__name__}"
+            )
+        if self.quantizer_options is not None:
+            raise ValueError("pass `quantizer_options` with a quantizer name, not an instance")
+        opts = {
+            f.name: getattr(inner, f.name)
+            for f in dataclasses.fields(inner)
+            if f.init and f.name != "keep_codes" and getattr(inner, f.name) != f.default
+        }
+        if name == "rtn" and "mask_score" in opts:
+            object.__setattr__(self, "mask_score", opts.pop("mask_score"))
+        object.__setattr__(self, "quantizer", name)
+        object.__setattr__(self, "quantizer_options", opts or None)
 
     def quantizer_backend(self) -> Any:
         """The backend that makes the codes (with ``keep_codes=True``)."""

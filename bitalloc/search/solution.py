@@ -47,11 +47,14 @@ class Solution:
     objective: float = math.nan
     message: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    formats: tuple[QuantFormat, ...] = field(init=False, repr=False, compare=False)
+    """Per unit its :class:`QuantFormat` (parsed once; ``choice`` holds the keys)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
         object.__setattr__(self, "choice", tuple(self.choice))
         object.__setattr__(self, "meta", dict(self.meta))
+        object.__setattr__(self, "formats", ())
         if self.status is Status.INFEASIBLE:
             if self.choice:
                 raise ValueError("an INFEASIBLE solution has no assignment")
@@ -68,6 +71,8 @@ class Solution:
         for label, idx in self.space.tie_groups().items():
             if len({self.choice[i] for i in idx}) > 1:
                 raise ValueError(f"tie group {label!r} is assigned different formats")
+        by_key = {f.key: f for f in self.space.formats}
+        object.__setattr__(self, "formats", tuple(by_key[k] for k in self.choice))
 
     # ------------------------------------------------------------------ views
     @property
@@ -77,14 +82,12 @@ class Solution:
     @property
     def assignment(self) -> dict[str, QuantFormat]:
         """Unit name -> format."""
-        return {u.name: QuantFormat.parse(k) for u, k in zip(self.space.units, self.choice)}
+        return {u.name: f for u, f in zip(self.space.units, self.formats)}
 
     @property
     def nbytes(self) -> int:
         """Exact stored bytes of all units (0 when infeasible)."""
-        return sum(
-            QuantFormat.parse(k).nbytes(u.shape) for u, k in zip(self.space.units, self.choice)
-        )
+        return sum(f.nbytes(u.shape) for u, f in zip(self.space.units, self.formats))
 
     @property
     def avg_bits(self) -> float:
@@ -134,8 +137,7 @@ class Solution:
         import pandas as pd
 
         rows = []
-        for u, k in zip(self.space.units, self.choice):
-            f = QuantFormat.parse(k)
+        for u, k, f in zip(self.space.units, self.choice, self.formats):
             rows.append(
                 {
                     "unit": u.name,

@@ -141,3 +141,30 @@ def test_cli_pack_gptq_writes_the_predicted_bytes(
     assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("_codes"))
     with pytest.raises(SystemExit):
         main([*pack, "--quantizer", "awq"])
+
+
+def test_quantizer_by_composition_equals_name_and_options() -> None:
+    from bitalloc.backends import BACKENDS
+    from bitalloc.backends.gptq import GptqBackend
+    from bitalloc.backends.packed import PackedBackend
+    from bitalloc.backends.rtn import RtnBackend
+
+    composed = PackedBackend(quantizer=GptqBackend(sequential=False, act_order=False))
+    named = PackedBackend(
+        quantizer="gptq", quantizer_options={"sequential": False, "act_order": False}
+    )
+    assert composed == named and composed.quantizer_backend() == named.quantizer_backend()
+    assert composed.quantizer_backend().keep_codes is True
+    wanda = PackedBackend(quantizer=RtnBackend(mask_score="wanda", grid="minmax"))
+    assert wanda.mask_score == "wanda" and wanda.quantizer_options == {"grid": "minmax"}
+    assert BACKENDS.get("packed", **{"quantizer": "rtn", **_fields(wanda)}) == wanda
+    with pytest.raises(TypeError, match="`quantizer` must be one of"):
+        PackedBackend(quantizer=PackedBackend())
+    with pytest.raises(ValueError, match="quantizer_options"):
+        PackedBackend(quantizer=GptqBackend(), quantizer_options={"sequential": False})
+
+
+def _fields(backend: object) -> dict:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(backend).items() if k != "quantizer"}
