@@ -46,6 +46,40 @@ class Estimator(Protocol):
     ) -> SensitivityTable: ...
 
 
+class EstimatorBase:
+    """The template the built-in estimators share: :meth:`estimate` opens a :class:`Scoring`
+    (calibration check, unit modules, the backend's ``W_hat``) and hands it to
+    :meth:`score_table`, which holds only the estimator's formula.
+
+    Class flags: ``needs_calibration``; ``linear_only`` names the estimator to suggest when a
+    unit is not an ``nn.Linear`` (``None``: any module with a weight).
+    """
+
+    __slots__ = ()
+    name: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False
+    linear_only: ClassVar[str | None] = None
+
+    def estimate(
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        calib: Calibration | None = None,
+        *,
+        backend: Any = None,
+        callback: Progress | None = None,
+    ) -> SensitivityTable:
+        """Score every allowed (unit, format) pair of ``space`` (:class:`Estimator`)."""
+        run = Scoring(self, model, space, calib, backend, linear_only=self.linear_only)
+        return self.score_table(run, model, callback)
+
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
+    ) -> SensitivityTable:
+        """The table of ``run.space`` (``run.per_format`` + ``run.table``)."""
+        raise NotImplementedError
+
+
 class Deltas:
     """``dW = W_hat - W`` (float32, the unit's shape) of every (unit, format) of ``space``.
 

@@ -11,7 +11,7 @@ channel-slice unit sums over its own rows, so the slices of a layer add up to th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..nn.blocks import n_batches
 from ..nn.modes import grad_scope
@@ -25,7 +25,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Cell, Progress, Scoring
+from .base import Cell, EstimatorBase, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 @ESTIMATORS.register("fisher")
 @dataclass(frozen=True, slots=True)
-class FisherEstimator:
+class FisherEstimator(EstimatorBase):
     """Diagonal Fisher-weighted squared weight error (SqueezeLLM's sensitivity).
 
     Needs a loss: ``calib.loss(output, batch)`` or the model output's ``.loss``. Costs one
@@ -51,18 +51,12 @@ class FisherEstimator:
     needs_calibration: ClassVar[bool] = True
     max_batches: int | None = None
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
         import torch
 
-        run = Scoring(self, model, space, calib, backend)
+        space = run.space
         calib, modules = run.calib, run.modules
         n = n_batches(calib, self.max_batches)
         fisher = diagonal_fisher(model, modules, space, calib, n, callback)

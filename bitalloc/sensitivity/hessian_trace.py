@@ -45,7 +45,7 @@ from ._grad import (
     weight_grads,
     weight_slot,
 )
-from .base import Cell, Progress, Scoring
+from .base import Cell, EstimatorBase, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +65,7 @@ EAGER_HINT = (
 
 @ESTIMATORS.register("hessian_trace")
 @dataclass(frozen=True, slots=True)
-class HessianTraceEstimator:
+class HessianTraceEstimator(EstimatorBase):
     """Hutchinson Hessian trace per unit times the squared weight error (HAWQ-V2).
 
     Args:
@@ -97,16 +97,10 @@ class HessianTraceEstimator:
         if not isinstance(self.tol, (int, float)) or not self.tol >= 0:
             raise ValueError(f"`tol` must be a number >= 0, got {self.tol!r}")
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        run = Scoring(self, model, space, calib, backend)
+        space = run.space
         try:
             traces, stderr, info = self._traces(model, run.modules, space, run.calib, callback)
         except RuntimeError as err:

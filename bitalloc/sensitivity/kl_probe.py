@@ -35,7 +35,7 @@ ones) as the loss. It is the most faithful additive estimator and the most expen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -44,14 +44,13 @@ from ..nn.logits import RefRow, kl_rows, output_logits, reference_row
 from ..nn.modes import eval_no_grad
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Cell, Progress, Scoring, monotone
+from .base import Cell, EstimatorBase, Progress, Scoring, monotone
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..search.calibration import Calibration
-    from ..search.space import SearchSpace
 
 Reference = list[RefRow]
 """One :data:`~bitalloc.nn.logits.RefRow` per calibration batch."""
@@ -59,7 +58,7 @@ Reference = list[RefRow]
 
 @ESTIMATORS.register("kl_probe")
 @dataclass(frozen=True, slots=True)
-class KlProbeEstimator:
+class KlProbeEstimator(EstimatorBase):
     """KL divergence of the model's output when one unit alone is quantized.
 
     Args:
@@ -71,16 +70,10 @@ class KlProbeEstimator:
     needs_calibration: ClassVar[bool] = True
     max_batches: int | None = 4
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        run = Scoring(self, model, space, calib, backend)
+        space = run.space
         calib = run.calib
         n = n_batches(calib, self.max_batches)
         total, done = int(space.mask.sum()), 0

@@ -14,24 +14,23 @@ Layers reading the same input tensor (q/k/v, gate/up) share one ``H``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..nn.hessians import one_pass
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Cell, Progress, Scoring
+from .base import Cell, EstimatorBase, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..search.calibration import Calibration
-    from ..search.space import SearchSpace
 
 
 @ESTIMATORS.register("layer_error")
 @dataclass(frozen=True, slots=True)
-class LayerErrorEstimator:
+class LayerErrorEstimator(EstimatorBase):
     """Output-space error of each layer under each format, from calibration activations.
 
     Args:
@@ -44,20 +43,14 @@ class LayerErrorEstimator:
 
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = True
+    linear_only: ClassVar[str | None] = "weight_error"
     normalize: bool = True
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
         import torch
 
-        run = Scoring(self, model, space, calib, backend, linear_only="weight_error")
         hessians, tokens = collect_hessians(model, run.modules, run.calib, callback)
         denoms: dict[str, float] = {}
 

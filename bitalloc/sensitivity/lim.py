@@ -27,19 +27,18 @@ from ..nn.modes import eval_no_grad
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import block_scaled_error, unit_blocks
-from .base import Progress, Scoring
+from .base import EstimatorBase, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..search.calibration import Calibration
-    from ..search.space import SearchSpace
 
 
 @ESTIMATORS.register("lim")
 @dataclass(frozen=True, slots=True)
-class LimEstimator:
+class LimEstimator(EstimatorBase):
     """Block importance ``1 - cos(x_in, x_out)`` times the unit's relative weight error.
 
     Args:
@@ -51,16 +50,10 @@ class LimEstimator:
     needs_calibration: ClassVar[bool] = True
     max_batches: int | None = None
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        run = Scoring(self, model, space, calib, backend)
+        space = run.space
         calib = run.calib
         n = n_batches(calib, self.max_batches)
         blocks = find_blocks(model, {u.fqn for u in space.units})

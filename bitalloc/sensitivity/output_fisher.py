@@ -28,7 +28,7 @@ from ..nn.modes import grad_scope
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._grad import batch_loss, check_finite, unique_weights
-from .base import Deltas, Progress, Scoring, monotone
+from .base import Deltas, EstimatorBase, Progress, Scoring, monotone
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 @ESTIMATORS.register("output_fisher")
 @dataclass(frozen=True, slots=True)
-class OutputFisherEstimator:
+class OutputFisherEstimator(EstimatorBase):
     """Fisher-weighted output error of each Linear unit (ModelOpt AutoQuantize "gradient").
 
     Needs a loss: ``calib.loss(output, batch)`` or the model output's ``.loss``. Supports
@@ -52,19 +52,14 @@ class OutputFisherEstimator:
 
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = True
+    linear_only: ClassVar[str | None] = "fisher"
     max_batches: int | None = None
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
+        space = run.space
 
-        run = Scoring(self, model, space, calib, backend, linear_only="fisher")
         calib, modules, deltas = run.calib, run.modules, run.deltas
         n = n_batches(calib, self.max_batches)
         raw = np.zeros((len(space), len(space.formats)))

@@ -7,22 +7,19 @@ Hessian trace; Dong et al., NeurIPS 2020, eq. 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
-from .base import Cell, Progress, Scoring
+from .base import Cell, EstimatorBase, Progress, Scoring
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..search.calibration import Calibration
-    from ..search.space import SearchSpace
-
 
 @ESTIMATORS.register("weight_error")
 @dataclass(frozen=True, slots=True)
-class WeightErrorEstimator:
+class WeightErrorEstimator(EstimatorBase):
     """Squared Frobenius norm of the round-to-nearest weight perturbation.
 
     Args:
@@ -33,17 +30,9 @@ class WeightErrorEstimator:
     needs_calibration: ClassVar[bool] = False
     normalize: bool = True
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None = None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        run = Scoring(self, model, space, calib, backend)
-
         def score(c: Cell) -> float:
             # relative to the whole layer so that channel slices add up to the layer's cost
             full = c.module.weight.detach().float()

@@ -19,25 +19,22 @@ outside every block (the mean over blocks, or ``1.0`` without blocks) are as in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..nn.blocks import find_blocks
 from ..search.table import SensitivityTable
 from . import ESTIMATORS
 from ._blocks import block_scaled_error, unit_blocks
-from .base import Progress, Scoring
+from .base import EstimatorBase, Progress, Scoring
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..search.calibration import Calibration
-    from ..search.space import SearchSpace
-
 
 @ESTIMATORS.register("zd")
 @dataclass(frozen=True, slots=True)
-class ZdEstimator:
+class ZdEstimator(EstimatorBase):
     """Share of a block's weights with z-score above a threshold, times the relative error.
 
     Args:
@@ -50,16 +47,10 @@ class ZdEstimator:
     threshold: float = 1.0
     absolute: bool = False
 
-    def estimate(
-        self,
-        model: nn.Module,
-        space: SearchSpace,
-        calib: Calibration | None = None,
-        *,
-        backend: Any = None,
-        callback: Progress | None = None,
+    def score_table(
+        self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        run = Scoring(self, model, space, calib, backend)
+        space = run.space
         modules = run.modules
         blocks = find_blocks(model, {u.fqn for u in space.units})
         owner = unit_blocks(space, [b for b, _ in blocks])
