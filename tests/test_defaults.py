@@ -18,3 +18,13 @@ def test_cli_default_formats_are_the_search_defaults() -> None:
     from bitalloc.search.oneshot import DEFAULT_FORMATS as API_FORMATS
 
     assert DEFAULT_FORMATS == ",".join(API_FORMATS)
+
+
+def test_parse_tie_is_the_one_tie_parser() -> None:
+    from bitalloc.defaults import parse_tie
+
+    assert parse_tie("auto") == "auto" and parse_tie("none") is None
+    assert parse_tie(r"re:(.*)\.(q|k)_proj,re:(.*)\.up") == [
+        r"re:(.*)\.(q|k)_proj",
+        r"re:(.*)\.up",
+    ]

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1] / "bitalloc"
 FACADES = {"__init__", "api", "oneshot", "pipeline"}  # modules of search/ that tie it together
 
 ALLOWED: dict[str, set[str]] = {
+    "defaults": set(),
     "kernels": set(),
     "models": set(),
     "nn": set(),
@@ -29,13 +30,23 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"models", "nn", "search"},
     "backends": {"kernels", "models", "nn", "search"},
     "sensitivity": {"backends", "nn", "search"},
-    "search.facade": {"backends", "models", "nn", "search", "sensitivity", "solvers", "bitalloc"},
+    "search.facade": {
+        "backends",
+        "bitalloc",
+        "defaults",
+        "models",
+        "nn",
+        "search",
+        "sensitivity",
+        "solvers",
+    },
     "evaluate": {"backends", "data", "models", "search", "search.facade"},
     "validate": {"data", "search", "search.facade", "solvers"},
-    "studies": {"cli", "data", "models", "search", "search.facade", "solvers"},
+    "studies": {"cli", "data", "defaults", "models", "search", "search.facade", "solvers"},
     "cli": {
         "backends",
         "bitalloc",
+        "defaults",
         "data",
         "evaluate",
         "models",

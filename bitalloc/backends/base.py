@@ -59,13 +59,14 @@ class AppliedPlan:
         solution: Solution,
         originals: dict[str, torch.Tensor],
         restore_fn: Callable[[nn.Module, dict[str, torch.Tensor]], None],
+        tensors: dict[str, Quantized] | None = None,
     ) -> None:
         self.model = model
         self.solution = solution
         self._originals = originals
         self._restore_fn = restore_fn
         self.restored = False
-        self.tensors = {}
+        self.tensors = {} if tensors is None else tensors
 
     def restore(self) -> nn.Module:
         """Undo the apply (idempotent) and return the model."""

@@ -133,9 +133,7 @@ class GptqBackend:
         except BaseException:
             restore_weights(model, originals)
             raise
-        handle = AppliedPlan(model, solution, originals, restore_weights)
-        handle.tensors = tensors
-        return handle
+        return AppliedPlan(model, solution, originals, restore_weights, tensors=tensors)
 
     # ------------------------------------------------------------------ internals
     def _layers(

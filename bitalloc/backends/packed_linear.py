@@ -54,7 +54,7 @@ def tensor_specs(fmt: QuantFormat, shape: tuple[int, int]) -> dict[str, tuple[tu
     return specs
 
 
-def pack_quantized(
+def _block_buffers(
     w: torch.Tensor,
     fmt: QuantFormat,
     codes: torch.Tensor | None = None,
@@ -168,7 +168,7 @@ class PackedLinear(nn.Module):
             if res is None and not (fmt.is_float and not fmt.is_sparse):
                 raise ValueError(f"block {k} ({key}) needs its codes/scales (got None)")
             parts = (None,) * 4 if res is None else (res.codes, res.scale, res.zero, res.keep)
-            tensors.update({f"b{k}_{n}": t for n, t in pack_quantized(w, fmt, *parts).items()})
+            tensors.update({f"b{k}_{n}": t for n, t in _block_buffers(w, fmt, *parts).items()})
         return cls(linear.in_features, linear.out_features, blocks, tensors, linear.bias)
 
     def expected_tensors(self) -> dict[str, tuple[tuple, Any]]:

@@ -136,9 +136,7 @@ class RtnBackend:
         except BaseException:
             restore_weights(model, originals)
             raise
-        handle = AppliedPlan(model, solution, originals, restore_weights)
-        handle.tensors = tensors
-        return handle
+        return AppliedPlan(model, solution, originals, restore_weights, tensors=tensors)
 
 
 class RtnWeights:

@@ -10,11 +10,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .. import defaults
+
 EXIT_BAD_INPUT = 2
-DEFAULT_FORMATS = ",".join(
-    ("int2-g64", "int3-pc", "int3-g64", "int4-pc", "int4-g64", "int5-g64", "int6-g64", "int8-pc")
-)  # = bitalloc.search.oneshot.DEFAULT_FORMATS (kept import-free; a test pins it)
-DEFAULT_ESTIMATOR = "auto"  # = bitalloc.search.api.DEFAULT_ESTIMATOR (kept import-free)
+DEFAULT_FORMATS = ",".join(defaults.DEFAULT_FORMATS)
+DEFAULT_ESTIMATOR = defaults.DEFAULT_ESTIMATOR
 ESTIMATOR_HELP = "registered name, or 'auto' (fisher for causal LMs, else weight_error; default)"
 
 

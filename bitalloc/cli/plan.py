@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+from ..defaults import parse_tie
 from ._common import (
     DEFAULT_ESTIMATOR,
     DEFAULT_FORMATS,
@@ -48,7 +49,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     calib = (
         calibration(tok, args.n_samples, args.seq_len, seed=args.seed) if args.n_samples else None
     )
-    tie = None if args.tie == "none" else ("auto" if args.tie == "auto" else args.tie.split(","))
+    tie = parse_tie(args.tie)
     if args.channel_group is not None and args.tie == "auto":
         tie = None  # ties bind whole layers; channel groups split them
     solver = None

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..defaults import DEFAULT_ESTIMATOR
 from .budget import Budget
 from .calibration import Calibration, as_calibration
 from .solution import Solution
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # "auto": fisher for causal LMs with a calibration loss (its plans measured best per second of
 # estimation on SmolLM2, benchmarks/RESULTS.md), weight_error otherwise (data-free).
-DEFAULT_ESTIMATOR = "auto"
 KINDS = ("estimator", "solver", "backend", "exporter")
 
 

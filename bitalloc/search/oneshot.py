@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..defaults import DEFAULT_FORMATS
 from .budget import Budget
 from .calibration import Calibration, as_calibration
 from .choices import Choice
@@ -33,17 +34,6 @@ if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..sensitivity.base import Estimator, Progress
     from ..solvers.base import Solver
-
-DEFAULT_FORMATS = (
-    "int2-g64",
-    "int3-pc",
-    "int3-g64",
-    "int4-pc",
-    "int4-g64",
-    "int5-g64",
-    "int6-g64",
-    "int8-pc",
-)
 
 
 class FitnessSource(Choice):

@@ -56,8 +56,7 @@ class FisherEstimator(EstimatorBase):
     ) -> SensitivityTable:
         import torch
 
-        space = run.space
-        calib, modules = run.calib, run.modules
+        space, calib, modules = run.space, run.calib, run.modules
         n = n_batches(calib, self.max_batches)
         fisher = diagonal_fisher(model, modules, space, calib, n, callback)
         slot = weight_slot(modules, unique_weights(modules, space)[1])

@@ -73,8 +73,7 @@ class KlProbeEstimator(EstimatorBase):
     def score_table(
         self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        space = run.space
-        calib = run.calib
+        space, calib = run.space, run.calib
         n = n_batches(calib, self.max_batches)
         total, done = int(space.mask.sum()), 0
 

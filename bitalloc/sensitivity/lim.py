@@ -53,8 +53,7 @@ class LimEstimator(EstimatorBase):
     def score_table(
         self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        space = run.space
-        calib = run.calib
+        space, calib = run.space, run.calib
         n = n_batches(calib, self.max_batches)
         blocks = find_blocks(model, {u.fqn for u in space.units})
         scores = block_importance(model, blocks, calib, n, callback) if blocks else {}

@@ -58,9 +58,7 @@ class OutputFisherEstimator(EstimatorBase):
     def score_table(
         self, run: Scoring, model: nn.Module, callback: Progress | None
     ) -> SensitivityTable:
-        space = run.space
-
-        calib, modules, deltas = run.calib, run.modules, run.deltas
+        space, calib, modules, deltas = run.space, run.calib, run.modules, run.deltas
         n = n_batches(calib, self.max_batches)
         raw = np.zeros((len(space), len(space.formats)))
         fqns = list(dict.fromkeys(u.fqn for u in space.units))  # modules, in space order

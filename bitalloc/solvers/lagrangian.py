@@ -20,11 +20,11 @@ from ..search.problem import Problem
 from ..search.solution import Solution, Status
 from ..search.table import SensitivityTable
 from . import SOLVERS
-from ._hull import Hulls, hull_greedy, lower_hulls, prefix
+from ._hull import hull_greedy
 from ._mckp import masked
 from .base import SolverBase, make_solution, provenance, relative_gap, start, validate
 
-__all__ = ["Hulls", "LagrangianSolver", "fill_moves", "lower_hulls", "prefix", "solve_problem"]
+__all__ = ["LagrangianSolver", "fill_moves", "solve_problem"]
 
 
 class Method(Choice):

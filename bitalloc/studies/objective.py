@@ -21,6 +21,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..defaults import parse_tie
 from ..search.params import params_to_choice, plan_params
 from .study import StudyConfig
 
@@ -61,9 +62,7 @@ class PlanObjective:
         self.cache_dir = cache_dir
         self.work = copy.deepcopy(model)
         self.windows = windows(tok, config.corpus, config.seq_len, config.n_windows)
-        tie = None if config.tie == "none" else config.tie
-        if tie not in (None, "auto"):
-            tie = config.tie.split(",")
+        tie = parse_tie(config.tie)
         self.space = SearchSpace.from_model(
             model, config.formats, tie=tie, example_input=self.windows[:1]
         )

@@ -13,8 +13,9 @@ from bitalloc.search.budget import Budget, LinearConstraint
 from bitalloc.search.problem import Problem
 from bitalloc.search.solution import Status
 from bitalloc.solvers import SOLVERS, LagrangianSolver
+from bitalloc.solvers._hull import lower_hulls, prefix
 from bitalloc.solvers._mckp import lp_bound
-from bitalloc.solvers.lagrangian import fill_moves, lower_hulls, prefix, solve_problem
+from bitalloc.solvers.lagrangian import fill_moves, solve_problem
 
 INF = math.inf
 
