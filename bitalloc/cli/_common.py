@@ -70,6 +70,11 @@ def budget_from(args: argparse.Namespace) -> Any:
     )
 
 
+def add_options_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable ``-O/--option KEY=VALUE`` flag (read with :func:`key_values`)."""
+    parser.add_argument("-O", "--option", action="append", metavar="KEY=VALUE", help=help)
+
+
 def key_values(pairs: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` options (``-O``); values parsed as JSON when possible (3, 0.5, null)."""
     opts: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from typing import Any
 from ._common import (
     EXIT_BAD_INPUT,
     CliError,
+    add_options_flag,
     check_output,
     key_values,
 )
@@ -70,12 +71,6 @@ def register(sub: Any) -> None:
         action="store_true",
         help="raise units that break the target's rules to a supported format",
     )
-    ex.add_argument(
-        "-O",
-        "--option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="exporter option, e.g. runtime=transformers (repeatable)",
-    )
+    add_options_flag(ex, "exporter option, e.g. runtime=transformers (repeatable)")
     ex.add_argument("--save-plan", help="also write the (fixed) plan to this file")
     ex.set_defaults(func=cmd_export)

@@ -13,6 +13,7 @@ from ._common import (
     DEFAULT_FORMATS,
     ESTIMATOR_HELP,
     CliError,
+    add_options_flag,
     check_name,
     check_output_dir,
     estimate_table,
@@ -147,13 +148,7 @@ def register(sub: Any) -> None:
         "--budgets", required=True, help="avg bits: start:stop:step (inclusive) and/or a,b,c"
     )
     fr.add_argument("--solver", default="ilp", help="nsga2: one Pareto run up to the largest")
-    fr.add_argument(
-        "-O",
-        "--option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="solver option, e.g. n_gen=100 (repeatable)",
-    )
+    add_options_flag(fr, "solver option, e.g. n_gen=100 (repeatable)")
     fr.add_argument("--estimator", default=DEFAULT_ESTIMATOR, help=ESTIMATOR_HELP)
     fr.add_argument("--formats", default=DEFAULT_FORMATS)
     fr.add_argument("--n-samples", type=int, default=32, help="calibration windows")

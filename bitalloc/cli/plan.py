@@ -13,6 +13,7 @@ from ._common import (
     DEFAULT_FORMATS,
     ESTIMATOR_HELP,
     CliError,
+    add_options_flag,
     budget_from,
     cache_dir,
     check_name,
@@ -286,13 +287,7 @@ def register(sub: Any) -> None:
     s.add_argument("--seq-len", type=int, default=512)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the sensitivity table")
-    s.add_argument(
-        "-O",
-        "--option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="option of --solver, e.g. time_limit_s=30 or generations=16 (repeatable)",
-    )
+    add_options_flag(s, "option of --solver, e.g. time_limit_s=30 or generations=16 (repeatable)")
     s.add_argument("--generations", type=int, help="alias of -O generations=N")
     s.add_argument("--offspring", type=int, help="alias of -O offspring=N")
     s.add_argument("--checkpoint", help="alias of -O checkpoint=FILE (evopress resumable state)")

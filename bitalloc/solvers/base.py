@@ -210,14 +210,9 @@ def make_solution(
 
 
 def _with_message(sol: Solution, message: str) -> Solution:
-    return Solution(
-        space=sol.space,
-        choice=sol.choice,
-        status=sol.status,
-        objective=sol.objective,
-        message=message,
-        meta=sol.meta,
-    )
+    import dataclasses
+
+    return dataclasses.replace(sol, message=message)
 
 
 def provenance(

@@ -78,13 +78,9 @@ def near_plans(
 
 
 def _tagged(sol: Solution, origin: str) -> Solution:
-    return Solution(
-        space=sol.space,
-        choice=sol.choice,
-        status=Status.FEASIBLE,
-        objective=sol.objective,
-        meta={"sample": origin},
-    )
+    import dataclasses
+
+    return dataclasses.replace(sol, status=Status.FEASIBLE, message="", meta={"sample": origin})
 
 
 def _shifted(budget: Budget, shift: float, numel: int) -> Budget | None:
