@@ -106,7 +106,7 @@ def estimate(
         method = auto_estimator(model, cal)
     est = _registry("estimator").resolve(method, **options)
     be = _registry("backend").resolve(backend)
-    if cal is None and getattr(est, "needs_calibration", False):
+    if cal is None and type(est).needs_calibration:
         raise ValueError(f"estimator {type(est).name!r} needs `calib` (calibration batches)")
     from ..nn.checks import check_finite_weights
 

@@ -8,7 +8,9 @@ Registered names: ``weight_error`` and ``zd`` (data-free); ``layer_error``, ``li
 from ..search.registry import Registry
 from .base import Estimator
 
-ESTIMATORS: Registry[Estimator] = Registry("estimator")
+ESTIMATORS: Registry[Estimator] = Registry(
+    "estimator", Estimator, " (subclass bitalloc.sensitivity.base.EstimatorBase)"
+)
 
 from .fisher import FisherEstimator  # noqa: E402
 from .hessian_trace import HessianTraceEstimator  # noqa: E402
