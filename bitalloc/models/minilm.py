@@ -30,12 +30,8 @@ def model_folder() -> str:
 
 def load(*, dtype: torch.dtype, attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
     """Load all-MiniLM-L6-v2 (``BertModel``, 37 nn.Linear) and its tokenizer."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    folder = model_folder()
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModel.from_pretrained(folder, **kwargs)
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return model, tok
+    from .registry import from_pretrained
+
+    return from_pretrained(AutoModel, model_folder(), dtype, attn_implementation)

@@ -21,6 +21,20 @@ _BUILTINS: dict[str, Task] = {"smollm2-135m": "causal_lm", "minilm-l6": "encoder
 _NAME_ATTR = "bitalloc_name"
 
 
+def from_pretrained(
+    auto_model: Any, folder: Any, dtype: Any, attn_implementation: str | None
+) -> tuple[nn.Module, Any]:
+    """``auto_model.from_pretrained(folder)`` offline (with ``dtype`` and, when given,
+    ``attn_implementation``) and the folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = auto_model.from_pretrained(folder, **kwargs)
+    return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def names() -> tuple[str, ...]:
     """Built-in model names accepted by :func:`load`."""
     return tuple(_BUILTINS)

@@ -151,12 +151,8 @@ def cached_folder() -> Path:
 
 def load(*, dtype: torch.dtype, attn_implementation: str | None = None) -> tuple[nn.Module, Any]:
     """Load SmolLM2-135M-Instruct (``LlamaForCausalLM``, 30 layers) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    folder = cached_folder()
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return model, tok
+    from .registry import from_pretrained
+
+    return from_pretrained(AutoModelForCausalLM, cached_folder(), dtype, attn_implementation)

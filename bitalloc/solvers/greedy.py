@@ -12,6 +12,8 @@ from . import SOLVERS
 from ._mckp import feasible_start, greedy_choice
 from .base import SolverBase, infeasible, make_solution, provenance, start
 
+FEASIBLE = Status.FEASIBLE
+
 
 @SOLVERS.register("greedy")
 @dataclass(frozen=True)
@@ -52,12 +54,5 @@ class GreedySolver(SolverBase):
             return infeasible(
                 problem, table, budget, provenance(self, table, budget, started), msg
             )
-        choice = greedy_choice(problem, first)
-        return make_solution(
-            problem,
-            table,
-            budget,
-            choice,
-            Status.FEASIBLE,
-            provenance(self, table, budget, started),
-        )
+        meta = provenance(self, table, budget, started)
+        return make_solution(problem, table, budget, greedy_choice(problem, first), FEASIBLE, meta)
