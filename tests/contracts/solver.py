@@ -130,7 +130,18 @@ def oracle(table: SensitivityTable, budget: Budget) -> Solution:
     return BruteForceSolver().solve(table, budget)
 
 
-class SolverContract:
+class _Solvers:
+    """How a contract builds the solver under test."""
+
+    def options(self, name: str) -> dict[str, Any]:
+        """Constructor options for solver ``name`` in these tests (defaults)."""
+        return {}
+
+    def make(self, name: str) -> Any:
+        return SOLVERS.get(name, **self.options(name))
+
+
+class SolverContract(_Solvers):
     """Properties every registered solver must have. Override :meth:`options` for extras."""
 
     seeds: Sequence[int] = tuple(range(6))
@@ -139,13 +150,6 @@ class SolverContract:
     @pytest.fixture(params=SOLVERS.names())
     def solver_name(self, request: pytest.FixtureRequest) -> str:
         return str(request.param)
-
-    def options(self, name: str) -> dict[str, Any]:
-        """Constructor options for solver ``name`` in these tests (defaults)."""
-        return {}
-
-    def make(self, name: str) -> Any:
-        return SOLVERS.get(name, **self.options(name))
 
     def test_protocol_and_options(self, solver_name: str) -> None:
         """A frozen dataclass whose fields are its options; implements the Solver protocol."""
@@ -287,19 +291,13 @@ class SolverContract:
             self.make(solver_name).solve(table.values, Budget.avg_bits(3.0))
 
 
-class BlackBoxContract:
+class BlackBoxContract(_Solvers):
     """What every black-box solver does with ``evaluate=``; override :meth:`options` to keep
     the runs short."""
 
     @pytest.fixture(params=solvers_with("black_box"))
     def solver_name(self, request: pytest.FixtureRequest) -> str:
         return str(request.param)
-
-    def options(self, name: str) -> dict[str, Any]:
-        return {}
-
-    def make(self, name: str) -> Any:
-        return SOLVERS.get(name, **self.options(name))
 
     def test_returns_the_best_measured_plan(self, solver_name: str) -> None:
         """The evaluator (another table's loss, so the table's own optimum is not its optimum)
