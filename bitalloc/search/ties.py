@@ -22,13 +22,10 @@ def shared_input_groups(
     from ..nn.shared_inputs import shared_input_groups as groups
     from .calibration import default_forward
 
-    modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        raise ValueError(f"units not found in the model: {missing[:5]}")
-    if example is None:
-        example = _example_input(model)
-    return groups(model, names, lambda: default_forward(model, example))
+    def run() -> Any:  # called after the helper has checked the names
+        return default_forward(model, _example_input(model) if example is None else example)
+
+    return groups(model, names, run)
 
 
 def _example_input(model: nn.Module) -> Any:

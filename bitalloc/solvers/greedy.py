@@ -12,8 +12,6 @@ from . import SOLVERS
 from ._mckp import feasible_start, greedy_choice
 from .base import SolverBase, infeasible, make_solution, provenance, start
 
-FEASIBLE = Status.FEASIBLE
-
 
 @SOLVERS.register("greedy")
 @dataclass(frozen=True)
@@ -55,4 +53,5 @@ class GreedySolver(SolverBase):
                 problem, table, budget, provenance(self, table, budget, started), msg
             )
         meta = provenance(self, table, budget, started)
-        return make_solution(problem, table, budget, greedy_choice(problem, first), FEASIBLE, meta)
+        choice = greedy_choice(problem, first)
+        return make_solution(problem, table, budget, choice, Status.FEASIBLE, meta)
