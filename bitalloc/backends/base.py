@@ -128,3 +128,34 @@ def restore_weights(model: nn.Module, originals: dict[str, torch.Tensor]) -> Non
     with torch.no_grad():
         for name, w in originals.items():
             modules[name].weight.copy_(w)
+
+
+def write_weights(
+    model: nn.Module,
+    solution: Solution,
+    modules: dict[str, nn.Module],
+    source: QuantizedWeights,
+    *,
+    keep_codes: bool = False,
+) -> AppliedPlan:
+    """Copy ``source``'s ``W_hat`` of each unit's chosen format into ``model`` (``modules``
+    from :func:`check_plan`); the handle restores the originals, also when this raises."""
+    import torch
+
+    originals: dict[str, torch.Tensor] = {}  # by layer FQN: channel slices share one copy
+    tensors: dict[str, Quantized] = {}
+    try:
+        with torch.no_grad():
+            for i, (unit, key) in enumerate(zip(solution.space.units, solution.choice)):
+                weight = modules[unit.name].weight
+                if unit.fqn not in originals:
+                    originals[unit.fqn] = weight.detach().to("cpu", copy=True)
+                res = source.get(i, key)
+                w = weight if unit.channels is None else weight[slice(*unit.channels)]
+                w.copy_(res.weight)
+                if keep_codes:
+                    tensors[unit.name] = res
+    except BaseException:
+        restore_weights(model, originals)
+        raise
+    return AppliedPlan(model, solution, originals, restore_weights, tensors=tensors)

@@ -102,7 +102,7 @@ class GptqBackend:
 
     def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
         """2-D (linear) weights in any format their shape allows."""
-        return len(unit.shape) == 2 and fmt.supports(unit.shape)
+        return len(unit.shape) == 2 and not fmt.is_ggml and fmt.supports(unit.shape)
 
     def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
         """Quantize ``model`` in place; ``calib`` (Calibration or list of batches) is required."""

@@ -121,7 +121,7 @@ class PackedBackend:
 
     def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
         """2-D (``nn.Linear``) weights in any storable format; conv weights are refused."""
-        return len(unit.shape) == 2 and fmt.supports(unit.shape)
+        return len(unit.shape) == 2 and not fmt.is_ggml and fmt.supports(unit.shape)
 
     def quantized(self, model: nn.Module, space: SearchSpace, calib: Any = None) -> Any:
         """The quantizer backend's ``W_hat`` (a packed layer dequantizes to exactly these)."""

@@ -76,6 +76,11 @@ def quantize_unit(
     from ..kernels import grid
     from ..kernels.sparsity import prune_mask
 
+    if fmt.is_ggml:
+        raise ValueError(
+            f"{fmt.key} is a ggml block type: build it with the 'ggml' backend "
+            "(bitalloc.toolkits.ggml, after `make llama-cpp`), not the integer-grid quantizer"
+        )
     wf = w.detach().float()
     keep = None
     if fmt.is_sparse:

@@ -29,7 +29,7 @@ from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
 from . import BACKENDS
-from .base import AppliedPlan, check_plan, restore_weights
+from .base import AppliedPlan, check_plan, write_weights
 from .quantizer import Quantized, quantize_unit
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class RtnBackend:
             raise TypeError(f"`keep_codes` must be a bool, got {self.keep_codes!r}")
 
     def supports(self, unit: Unit, fmt: QuantFormat) -> bool:
-        return fmt.supports(unit.shape)
+        return not fmt.is_ggml and fmt.supports(unit.shape)
 
     def searches(self, calib: Any) -> bool:
         """Whether this backend uses the clip-searched grid with ``calib``."""
@@ -116,27 +116,9 @@ class RtnBackend:
         return RtnWeights(self, model, space, calib)
 
     def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
-        import torch
-
         modules = check_plan(model, solution)  # validate everything before touching anything
         source = self.quantized(model, solution.space, calib)
-        originals: dict[str, torch.Tensor] = {}  # by layer FQN: channel slices share one copy
-        tensors: dict[str, Quantized] = {}
-        try:
-            with torch.no_grad():
-                for i, (unit, key) in enumerate(zip(solution.space.units, solution.choice)):
-                    weight = modules[unit.name].weight
-                    if unit.fqn not in originals:
-                        originals[unit.fqn] = weight.detach().to("cpu", copy=True)
-                    res = source.get(i, key)
-                    w = weight if unit.channels is None else weight[slice(*unit.channels)]
-                    w.copy_(res.weight)
-                    if self.keep_codes:
-                        tensors[unit.name] = res
-        except BaseException:
-            restore_weights(model, originals)
-            raise
-        return AppliedPlan(model, solution, originals, restore_weights, tensors=tensors)
+        return write_weights(model, solution, modules, source, keep_codes=self.keep_codes)
 
 
 class RtnWeights:

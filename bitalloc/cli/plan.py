@@ -34,7 +34,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..search.solution import Status
 
     budget = budget_from(args)
-    formats = parse_formats(args.formats)
+    formats = (
+        None
+        if args.formats is None and args.target
+        else parse_formats(args.formats or DEFAULT_FORMATS)
+    )
+    if args.target:
+        from ..search.targets import get_target
+
+        get_target(args.target).menu(formats)  # ValueError -> exit 2 before the model loads
     check_name("estimator", args.estimator)
     if args.solver is not None:
         check_name("solver", args.solver)
@@ -63,6 +71,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         calib,
         budget,
         formats=formats,
+        target=args.target,
         estimator=args.estimator,
         solver=solver,
         backend=args.backend,
@@ -243,8 +252,14 @@ def register(sub: Any) -> None:
     s.add_argument("--bytes", type=float, help="budget: total bytes of the searched weights")
     s.add_argument(
         "--formats",
-        default=DEFAULT_FORMATS,
-        help="comma-separated format keys (default: %(default)s)",
+        help=f"comma-separated format keys (default: {','.join(DEFAULT_FORMATS)}; "
+        "with --target: the target's menu)",
+    )
+    s.add_argument(
+        "--target",
+        choices=("llama.cpp", "compressed-tensors"),
+        help="offer only the formats this runtime stores (llama.cpp: ggml types built by "
+        "ggml's own quantizer, after `make llama-cpp`) and build them with its backend",
     )
     s.add_argument(
         "--estimator",
@@ -259,8 +274,8 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--backend",
         default="auto",
-        help="what builds (and prices) the weights: auto (gptq with calibration, else rtn), "
-        "rtn, gptq",
+        help="what builds (and prices) the weights: auto (the target's backend; else gptq with "
+        "calibration, else rtn), rtn, gptq, ggml",
     )
     s.add_argument(
         "--effort",

@@ -28,6 +28,13 @@ Storage per weight of 2:4 with b-bit codes: ``b/2 + 1`` bits before scales (algo
 Keys: ``int4-g128`` (asymmetric, group 128), ``int4-g128-sym``, ``int8-pc`` (per-channel),
 ``bf16``, ``fp16``; sparse: ``int4-g128-s0.5`` (unstructured 50%), ``int3-g64-sym-s2:4``,
 ``bf16-s2:4``.
+
+ggml types (llama.cpp's own block layouts, built by the ``ggml`` backend with ggml's quantizer):
+``q2_k`` .. ``q6_k`` (super-blocks of 256 weights), ``q4_0``/``q4_1``/``q5_0``/``q5_1``/``q8_0``/
+``iq4_nl`` (blocks of 32), ``iq4_xs`` (256). :data:`GGML_TYPES` gives each its nominal code
+bits, block and bytes per block (``Q4_K``: 144 bytes per 256 weights); a row must be a whole
+number of blocks. ``bits`` is the nominal code width, ``group_size`` the block and
+``symmetric`` whether the block has no min/offset.
 """
 
 from __future__ import annotations
@@ -46,6 +53,33 @@ _SPARSE = re.compile(r"^(?P<base>.+?)-s(?:(?P<n>\d+):(?P<m>\d+)|(?P<s>\d*\.\d+|\
 SPARSITY_DECIMALS = 4  # unstructured sparsity is kept to 4 decimals so keys round-trip
 
 
+@dataclass(frozen=True, slots=True)
+class GgmlType:
+    """A ggml block layout: ``block`` weights in ``block_bytes`` bytes (gguf-py's
+    ``GGML_QUANT_SIZES``)."""
+
+    bits: int
+    block: int
+    block_bytes: int
+    symmetric: bool
+
+
+GGML_TYPES = {  # ggml type name (lower case) -> layout; llama.cpp ggml/src/ggml-common.h
+    "q2_k": GgmlType(2, 256, 84, False),
+    "q3_k": GgmlType(3, 256, 110, True),
+    "q4_k": GgmlType(4, 256, 144, False),
+    "q5_k": GgmlType(5, 256, 176, False),
+    "q6_k": GgmlType(6, 256, 210, True),
+    "q4_0": GgmlType(4, 32, 18, True),
+    "q4_1": GgmlType(4, 32, 20, False),
+    "q5_0": GgmlType(5, 32, 22, True),
+    "q5_1": GgmlType(5, 32, 24, False),
+    "q8_0": GgmlType(8, 32, 34, True),
+    "iq4_nl": GgmlType(4, 32, 18, True),
+    "iq4_xs": GgmlType(4, 256, 136, True),
+}
+
+
 @dataclass(frozen=True, slots=True, order=False)
 class QuantFormat:
     """One storage format: integer bits with group-wise scales, or a 16-bit float; optionally
@@ -61,6 +95,8 @@ class QuantFormat:
             unstructured values 0.5..0.9); kept to 4 decimals. Derived from ``n_m`` when given.
         n_m: semi-structured ``(N, M)``: at most ``N`` non-zeros in every ``M`` consecutive
             input channels, e.g. ``(2, 4)`` (sparsity ``1 - N/M`` = 0.5).
+        ggml: a ggml type name from :data:`GGML_TYPES` (``"q4_k"``); ``bits``, ``group_size``
+            and ``symmetric`` are then the type's (use :meth:`ggml_type`).
 
     Example:
         >>> f = QuantFormat.parse("int4-g128")
@@ -78,11 +114,15 @@ class QuantFormat:
     float_kind: str | None = None
     sparsity: float = 0.0
     n_m: tuple[int, int] | None = None
+    ggml: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or self.bits not in VALID_BITS:
             raise ValueError(f"`bits` must be one of {VALID_BITS}, got {self.bits!r}")
         self._check_sparsity()
+        if self.ggml is not None:
+            self._check_ggml()
+            return
         if self.bits == 16:
             kind = self.float_kind or "bf16"
             if kind not in FLOAT_KINDS:
@@ -99,6 +139,27 @@ class QuantFormat:
         ):
             raise ValueError(
                 f"`group_size` must be a positive int or None, got {self.group_size!r}"
+            )
+
+    @classmethod
+    def ggml_type(cls, name: str) -> QuantFormat:
+        """The format of ggml type ``name`` (``"q4_k"``, case-insensitive)."""
+        key = str(name).strip().lower()
+        t = GGML_TYPES.get(key)
+        if t is None:
+            raise ValueError(f"unknown ggml type {name!r}; valid: {', '.join(GGML_TYPES)}")
+        return cls(bits=t.bits, group_size=t.block, symmetric=t.symmetric, ggml=key)
+
+    def _check_ggml(self) -> None:
+        t = GGML_TYPES.get(self.ggml) if isinstance(self.ggml, str) else None
+        if t is None:
+            raise ValueError(f"`ggml` must be one of {', '.join(GGML_TYPES)}, got {self.ggml!r}")
+        if self.is_sparse or self.float_kind is not None:
+            raise ValueError(f"ggml type {self.ggml} cannot be sparse or a float kind")
+        if (self.bits, self.group_size, self.symmetric) != (t.bits, t.block, t.symmetric):
+            raise ValueError(
+                f"ggml type {self.ggml} has bits={t.bits}, group_size={t.block}, "
+                f"symmetric={t.symmetric}; use QuantFormat.ggml_type({self.ggml!r})"
             )
 
     def _check_sparsity(self) -> None:
@@ -149,12 +210,17 @@ class QuantFormat:
                     )
         if text in FLOAT_KINDS:
             return cls(bits=16, float_kind=text, **sparse)
+        if text in GGML_TYPES:
+            if sparse:
+                raise ValueError(f"format key {key!r}: ggml types cannot be sparse")
+            return cls.ggml_type(text)
         m = _KEY.match(text)
         if m is None:
             raise ValueError(
                 f"unknown format key {key!r}; valid keys look like 'int4-g128', "
                 "'int3-g64-sym', 'int8-pc' (per-channel), 'bf16' or 'fp16', optionally "
-                "sparse with '-s0.5' (unstructured fraction in (0, 1)) or '-s2:4' (N:M)"
+                "sparse with '-s0.5' (unstructured fraction in (0, 1)) or '-s2:4' (N:M), "
+                f"or a ggml type ({', '.join(GGML_TYPES)})"
             )
         group = int(m["group"]) if m["group"] else None
         return cls(bits=int(m["bits"]), group_size=group, symmetric=bool(m["sym"]), **sparse)
@@ -162,6 +228,8 @@ class QuantFormat:
     @property
     def key(self) -> str:
         """Canonical string key (inverse of :meth:`parse`)."""
+        if self.ggml is not None:
+            return self.ggml
         if self.is_float:
             base = str(self.float_kind)
         else:
@@ -187,7 +255,14 @@ class QuantFormat:
     @property
     def dense(self) -> QuantFormat:
         """The same format without sparsity."""
+        if self.ggml is not None:
+            return self
         return QuantFormat(self.bits, self.group_size, self.symmetric, self.float_kind)
+
+    @property
+    def is_ggml(self) -> bool:
+        """True for a ggml block type (built only by the ``ggml`` backend)."""
+        return self.ggml is not None
 
     # ------------------------------------------------------------------ accounting
     def unsupported_reason(self, shape: tuple[int, ...]) -> str | None:
@@ -196,6 +271,9 @@ class QuantFormat:
         if len(shape) < 2:
             return f"{self.key}: weights of {len(shape)} dimension(s) are not searched"
         cols = _in_features(shape)
+        if self.ggml is not None and cols % GGML_TYPES[self.ggml].block:
+            block = GGML_TYPES[self.ggml].block
+            return f"{self.key}: row length {cols} is not a multiple of its block of {block}"
         if self.group_size is not None and cols % self.group_size:
             return (
                 f"{self.key}: in_features {cols} is not divisible by group size {self.group_size}"
@@ -243,6 +321,9 @@ class QuantFormat:
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Exact bytes stored for a weight of ``shape``: codes of the kept weights + keep-mask
         (sparse only) + fp16 scales + packed zeros."""
+        if self.ggml is not None:
+            t = GGML_TYPES[self.ggml]
+            return self.n_groups(shape) * t.block_bytes
         numel = math.prod(shape)
         kept = self.n_kept(shape)
         mask = math.ceil(numel / 8) if self.is_sparse else 0

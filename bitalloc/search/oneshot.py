@@ -76,7 +76,8 @@ def search_with_table(
     calib: Calibration | Sequence[Any] | None,
     budget: Budget | float,
     *,
-    formats: Sequence[str | QuantFormat] = DEFAULT_FORMATS,
+    formats: Sequence[str | QuantFormat] | None = None,
+    target: str | None = None,
     estimator: str | Estimator = "auto",
     solver: str | Solver | None = None,
     backend: str | Backend = "auto",
@@ -96,7 +97,11 @@ def search_with_table(
     Args:
         model, calib, budget: the network, its calibration batches (``None``: data-free) and
             the budget (a :class:`Budget` or average bits).
-        formats: the menu of formats every unit may take (where its shape allows).
+        formats: the menu of formats every unit may take (where its shape allows); ``None``
+            = :data:`DEFAULT_FORMATS`, or the target's menu.
+        target: ``"llama.cpp"`` or ``"compressed-tensors"``: offer only what that runtime
+            stores (:mod:`bitalloc.search.targets`) and build it with the target's backend
+            (``ggml``: llama.cpp's own quantizer) unless ``backend`` names one.
         estimator: a registered estimator, or ``"auto"``.
         solver: ``None`` for the default pipeline (module doc), or a registered solver name
             or instance to run alone on the table.
@@ -122,6 +127,8 @@ def search_with_table(
     effort = _effort(effort).value
     cal = as_calibration(calib) if calib is not None else None
     example = cal.batches[0] if cal is not None else None
+    if formats is None and target is None:
+        formats = DEFAULT_FORMATS
     space = SearchSpace.from_model(
         model,
         formats,
@@ -130,9 +137,15 @@ def search_with_table(
         tie=tie,
         channel_group=channel_group,
         example_input=example,
+        target=target,
     )
     if backend == "auto":
-        backend = default_backend(model, space, cal)
+        if target is not None:
+            from .targets import get_target
+
+            backend = get_target(target).backend
+        else:
+            backend = default_backend(model, space, cal)
     resolved = _registry("backend").resolve(backend)
     space = space.for_backend(resolved)
     be = Prepared(resolved, model, space, cal)

@@ -229,7 +229,7 @@ class SearchSpace:
     def from_model(
         cls,
         model: nn.Module,
-        formats: Sequence[str | QuantFormat] | str,
+        formats: Sequence[str | QuantFormat] | str | None = None,
         *,
         include: Sequence[str] | str = (),
         exclude: Sequence[str] | str | None = None,
@@ -237,6 +237,7 @@ class SearchSpace:
         channel_group: int | None = None,
         example_input: Any = None,
         backend: Any = None,
+        target: Any = None,
     ) -> SearchSpace:
         """Discover the units of ``model`` (every ``nn.Linear`` and ``nn.Conv{1,2,3}d``).
 
@@ -258,9 +259,23 @@ class SearchSpace:
                 token ids when the model has ``config.vocab_size``).
             backend: a backend instance; each unit keeps only the formats it can build
                 (:meth:`for_backend`; e.g. ``gptq`` builds 2-D weights only).
+            target: ``"llama.cpp"`` or ``"compressed-tensors"``
+                (:data:`bitalloc.search.targets.TARGETS`): ``formats`` defaults to the target's
+                menu and must be formats it stores; each unit keeps those its rows can hold
+                (llama.cpp K-quants need rows that are a multiple of 256). Targets that fuse
+                q/k/v and gate/up default to ``tie="auto"``.
         """
         from .discovery import discover
 
+        if target is not None:
+            from .targets import get_target
+
+            t = get_target(target)
+            formats = t.menu(formats)
+            if t.fused and tie is None and channel_group is None:
+                tie = "auto"
+        elif formats is None:
+            raise ValueError("`formats` is required without a `target`, e.g. ['int4-g128']")
         units = discover(
             model,
             parse_formats(formats),

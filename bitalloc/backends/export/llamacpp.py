@@ -2,7 +2,8 @@
 
 Each unit maps to its GGUF tensor through gguf-py's own converter map
 (``gguf.get_tensor_name_map``: ``model.layers.3.mlp.down_proj`` -> ``blk.3.ffn_down.weight``) and
-its format to a ggml type by bits: 2..6 -> ``Q2_K``..``Q6_K`` when the row length is a multiple
+its format to a ggml type: a ggml format (``q4_k``, built by the ``ggml`` backend) is that
+type; an integer format maps by bits: 2..6 -> ``Q2_K``..``Q6_K`` when the row length is a multiple
 of 256 (QK_K), else the 32-block ``Q4_0``/``Q4_1``, ``Q5_0``/``Q5_1`` (symmetric/asymmetric);
 8 -> ``Q8_0``; ``bf16``/``fp16`` -> ``BF16``/``F16``. The plan's group size is not carried: ggml
 types fix their own block structure (:func:`gguf_nbytes` counts the GGUF bytes exactly).
@@ -23,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...search.formats import QuantFormat
+from ...search.formats import GGML_TYPES, QuantFormat
 from ...search.solution import Solution
 from ...search.space import Unit
 from . import EXPORTERS
@@ -35,17 +36,7 @@ K_TYPES = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K"}
 LEGACY = {4: ("Q4_1", "Q4_0"), 5: ("Q5_1", "Q5_0"), 8: ("Q8_0", "Q8_0")}  # (asym, sym)
 FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 TYPE_SIZE = {  # ggml type -> (block elements, block bytes); gguf.GGML_QUANT_SIZES
-    "Q2_K": (256, 84),
-    "Q3_K": (256, 110),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q8_0": (32, 34),
-    "IQ4_NL": (32, 18),
+    **{t.upper(): (g.block, g.block_bytes) for t, g in GGML_TYPES.items()},
     "F16": (1, 2),
     "BF16": (1, 2),
 }
@@ -56,6 +47,11 @@ def ggml_type(fmt: QuantFormat, cols: int, k_quants: bool = True) -> tuple[str, 
     ``("", rule, why)`` with rule ``"bits"`` or ``"block_size"``."""
     if fmt.is_float:
         return ("BF16" if fmt.float_kind == "bf16" else "F16"), "", ""
+    if fmt.is_ggml:
+        block = GGML_TYPES[str(fmt.ggml)].block
+        if cols % block == 0:
+            return str(fmt.ggml).upper(), "", ""
+        return "", "block_size", f"{fmt.key}: row length {cols} is not a multiple of {block}"
     k = K_TYPES.get(fmt.bits) if k_quants else None
     if k is not None and cols % QK_K == 0:
         return k, "", ""
@@ -120,7 +116,7 @@ class LlamaCppExporter(RuleExporter):
             )
 
     def rules(self) -> Rules:
-        return Rules("llama.cpp", bits=(2, 3, 4, 5, 6, 8))
+        return Rules("llama.cpp", bits=(2, 3, 4, 5, 6, 8), ggml=True)
 
     def unit_problem(self, unit: Unit, fmt: QuantFormat) -> tuple[str, str] | None:
         if gguf_name(unit.fqn, self.arch) is None:

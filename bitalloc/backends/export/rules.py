@@ -51,6 +51,7 @@ class Rules:
         floats: unquantized float kinds it keeps (``bf16``, ``fp16``).
         fused: whether q/k/v and gate/up must share a format.
         pairs: allowed ``(bits, group)`` combinations when groups depend on bits.
+        ggml: whether the target stores ggml block types (``q4_k``: llama.cpp only).
     """
 
     target: str
@@ -60,11 +61,14 @@ class Rules:
     floats: tuple[str, ...] = ("bf16", "fp16")
     fused: bool = False
     pairs: tuple[tuple[int, int | None], ...] | None = None
+    ggml: bool = False
 
     def problem(self, fmt: QuantFormat) -> tuple[str, str] | None:
         """``(rule, message)`` when the target cannot store ``fmt``, else None."""
         if is_sparse(fmt):
             return "sparsity", f"{fmt.key}: {self.target} cannot store sparse weights"
+        if fmt.is_ggml and not self.ggml:
+            return "bits", f"{fmt.key} is a llama.cpp block type; {self.target} cannot store it"
         if fmt.is_float:
             if fmt.float_kind in self.floats:
                 return None
