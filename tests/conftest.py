@@ -13,21 +13,33 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 TINY_VOCAB = 320
 
 
-def make_tiny_llama(seed: int = 0, layers: int = 2):
+def make_tiny_llama(
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    intermediate: int = 128,
+    vocab: int = TINY_VOCAB,
+):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def wide_llama():
+    """Rows of 256 (llama.cpp's K-quants fit) and ffn_down rows of 544 (32-block types only)."""
+    return make_tiny_llama(hidden=256, intermediate=544)
 
 
 @pytest.fixture

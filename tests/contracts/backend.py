@@ -22,6 +22,15 @@ from bitalloc.sensitivity.base import Deltas
 
 FORMATS = ["int2-g32", "int3-g32", "int4-g32", "int8-pc", "bf16"]
 DENSE_INT = ["int2-g32", "int3-g32", "int4-g32", "int8-pc"]
+# backends that build another family of formats: (menu, dense menu in rising bits, a pair of
+# which the tiny model's rows hold only the first)
+MENUS: dict[str, tuple[list[str], list[str], list[str]]] = {
+    "ggml": (
+        ["q4_0", "q5_1", "iq4_nl", "q8_0", "bf16"],
+        ["q4_0", "q5_0", "q8_0"],
+        ["q4_0", "q4_k"],
+    ),
+}
 
 # Options under which apply must equal the plan-independent ``quantized`` source (GPTQ's
 # sequential apply feeds each block the quantized prefix, so it is compared with
@@ -45,6 +54,11 @@ def backend_ids() -> list[str]:
 def make_backend(name: str) -> Any:
     base = name.split("-")[0]
     return BACKENDS.get(base, **VARIANTS.get(name, {}))
+
+
+def menus(backend: Any) -> tuple[list[str], list[str], list[str]]:
+    """(formats, dense formats in rising bits, [supported, unsupported]) for ``backend``."""
+    return MENUS.get(type(backend).name, (FORMATS, DENSE_INT, ["int4-g32", "int4-g48"]))
 
 
 def uniform_plan(space: SearchSpace, key: str) -> Solution:
@@ -72,12 +86,13 @@ class BackendContract:
         return make_backend(request.param)
 
     @pytest.fixture(params=[None, 16], ids=["layers", "channels"])
-    def space(self, request: pytest.FixtureRequest, tiny_llama: Any) -> SearchSpace:
-        return SearchSpace.from_model(tiny_llama, FORMATS, channel_group=request.param, tie=None)
+    def space(self, request: pytest.FixtureRequest, backend: Any, tiny_llama: Any) -> SearchSpace:
+        formats = menus(backend)[0]
+        return SearchSpace.from_model(tiny_llama, formats, channel_group=request.param, tie=None)
 
     def test_quantized_source_equals_apply(self, backend, space, tiny_llama, tiny_calib) -> None:
         source = backend.quantized(tiny_llama, space, tiny_calib)
-        for key in FORMATS:
+        for key in menus(backend)[0]:
             plan = uniform_plan(space, key)
             applied = applied_weights(tiny_llama, plan, backend, tiny_calib)
             for i, w in enumerate(applied):
@@ -94,8 +109,9 @@ class BackendContract:
                 assert torch.equal(deltas(i, j), applied[i].float() - w), (key, u.name)
 
     def test_variant_cache_equals_apply(self, backend, tiny_llama, tiny_calib) -> None:
-        space = SearchSpace.from_model(tiny_llama, FORMATS, tie=None)
-        choice = tuple(FORMATS[i % len(FORMATS)] for i in range(len(space)))
+        formats = menus(backend)[0]
+        space = SearchSpace.from_model(tiny_llama, formats, tie=None)
+        choice = tuple(formats[i % len(formats)] for i in range(len(space)))
         plan = Solution(space=space, choice=choice, status=Status.FEASIBLE)
         kl = KLEvaluator(tiny_llama, tiny_calib, space, backend)
         applied = applied_weights(tiny_llama, plan, backend, tiny_calib)
@@ -104,7 +120,8 @@ class BackendContract:
 
     def test_apply_then_restore_is_exact(self, backend, space, tiny_llama, tiny_calib) -> None:
         before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
-        choice = tuple(FORMATS[i % len(FORMATS)] for i in range(len(space)))
+        formats = menus(backend)[0]
+        choice = tuple(formats[i % len(formats)] for i in range(len(space)))
         plan = Solution(space=space, choice=choice, status=Status.FEASIBLE)
         handle = backend.apply(tiny_llama, plan, calib=tiny_calib)
         handle.restore()
@@ -113,19 +130,28 @@ class BackendContract:
         assert all(torch.equal(before[k], after[k]) for k in before)
 
     def test_sqnr_rises_with_bits(self, backend, tiny_llama, tiny_calib) -> None:
-        space = SearchSpace.from_model(tiny_llama, DENSE_INT, tie=None)
+        dense = menus(backend)[1]
+        space = SearchSpace.from_model(tiny_llama, dense, tie=None)
         source = backend.quantized(tiny_llama, space, tiny_calib)
         modules = unit_modules(tiny_llama, space.units)
         for i, u in enumerate(space.units):
             w = unit_weight(modules[u.name], u).detach().float()
             sqnr = []
-            for key in DENSE_INT:
+            for key in dense:
                 noise = (source.get(i, key).weight - w).square().sum()
                 sqnr.append(float(10 * torch.log10(w.square().sum() / noise)))
             assert sqnr == sorted(sqnr), (u.name, sqnr)
 
     def test_supports_is_honoured(self, backend, tiny_llama) -> None:
-        space = SearchSpace.from_model(tiny_llama, ["int4-g32", "int4-g48"], tie=None)
+        pair = menus(backend)[2]
+        space = SearchSpace.from_model(tiny_llama, pair, tie=None)
         for u in space.units:
-            for fmt in space.formats:
-                assert backend.supports(u, fmt) == fmt.supports(u.shape)
+            assert backend.supports(u, space.formats[0]) and u.allowed == (pair[0],)
+            assert not backend.supports(u, space.formats[1]), (u.name, pair[1])
+
+    def test_refuses_other_format_families(self, backend, tiny_llama) -> None:
+        from bitalloc.search.formats import QuantFormat
+
+        other = "int4-g32" if type(backend).name == "ggml" else "q4_0"
+        u = SearchSpace.from_model(tiny_llama, [menus(backend)[2][0]], tie=None).units[0]
+        assert not backend.supports(u, QuantFormat.parse(other))
