@@ -19,6 +19,7 @@ def make_tiny_llama(
     hidden: int = 64,
     intermediate: int = 128,
     vocab: int = TINY_VOCAB,
+    **config,
 ):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -32,6 +33,7 @@ def make_tiny_llama(
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
+        **config,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -90,4 +92,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama")
     make_tiny_llama().save_pretrained(folder)
     _tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gguf_llama_dir(tmp_path_factory) -> Path:
+    """A Hugging Face folder llama.cpp's converter accepts: a random Llama with SmolLM2's
+    tokenizer, rows of 256 (K-quants fit) and ffn_down rows of 544 (32-block types only)."""
+    from transformers import AutoTokenizer
+
+    from bitalloc.models.smollm2 import cached_folder
+
+    tok = AutoTokenizer.from_pretrained(cached_folder())
+    model = make_tiny_llama(
+        hidden=256,
+        intermediate=544,
+        vocab=len(tok),
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("gguf-llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
     return folder

@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "search": {"nn"},
     "solvers": {"search"},
     "data": {"models", "nn", "search"},
-    "backends": {"kernels", "models", "nn", "search"},
+    "toolkits": {"models", "search"},
+    "backends": {"kernels", "models", "nn", "search", "toolkits"},
     "sensitivity": {"backends", "nn", "search"},
     "search.facade": {
         "backends",
@@ -54,6 +55,7 @@ ALLOWED: dict[str, set[str]] = {
         "search.facade",
         "solvers",
         "studies",
+        "toolkits",
         "validate",
     },
     "bitalloc": {"search.facade", "search", "cli"},  # bitalloc/__init__.py, __main__.py

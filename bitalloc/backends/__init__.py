@@ -12,6 +12,7 @@ from .rtn import RtnBackend  # noqa: E402  (registers itself)
 from .variants import VariantCache  # noqa: E402
 
 BACKENDS.register_lazy("packed", "bitalloc.backends.packed:PackedBackend")
+BACKENDS.register_lazy("ggml", "bitalloc.backends.ggml:GgmlBackend")  # llama.cpp's quantizers
 
 __all__ = [
     "BACKENDS",

@@ -19,13 +19,13 @@ from .frontier import parse_budgets
 def build_parser() -> argparse.ArgumentParser:
     """The ``bitalloc`` argument parser; each module registers its commands."""
     from ..studies.cli import register as register_studies  # optuna loads only when run
-    from . import export, frontier, pack, plan, validate
+    from . import export, frontier, gguf, pack, plan, validate
 
     p = argparse.ArgumentParser(prog="bitalloc", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"bitalloc {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (plan, validate, frontier, export, pack):
+    for module in (plan, validate, frontier, export, pack, gguf):
         module.register(sub)
     register_studies(sub)
     return p
@@ -48,6 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bitalloc {args.command}: error:{where} {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:
+        from ..toolkits.llamacpp import ToolFailed, ToolkitMissing
+
+        if isinstance(e, ToolkitMissing):
+            print(f"bitalloc {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if isinstance(e, ToolFailed):  # the tool's last lines follow the message
+            print(f"bitalloc {args.command}: error: {e}", file=sys.stderr)
+            return 1
         damaged = _storage_error(e)
         if damaged is None:
             raise

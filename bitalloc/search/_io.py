@@ -169,7 +169,7 @@ def _temp_for(target: Path) -> Path:
     prefix = f".{target.name}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     os.close(fd)
-    os.chmod(tmp, _mode(target))  # mkstemp makes 0600; keep the file's or the umask's mode
+    os.chmod(tmp, file_mode(target))  # mkstemp makes 0600; keep the file's or the umask's mode
     return Path(tmp)
 
 
@@ -211,7 +211,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _mode(target: Path) -> int:
+def file_mode(target: Path) -> int:
     """The existing file's permissions, else ``0o666`` minus the process umask."""
     try:
         return target.stat().st_mode & 0o777

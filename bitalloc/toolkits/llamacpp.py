@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..models.cache import cache_dir
+from ..search._io import file_mode
 
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
@@ -173,6 +174,7 @@ def produce(out: str | os.PathLike[str], make: Callable[[Path], object]) -> Path
         make(tmp)
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise ToolFailed(f"the tool wrote nothing to {out.name}")
+        os.chmod(tmp, file_mode(out))  # mkstemp makes 0600: keep the file's or umask's mode
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

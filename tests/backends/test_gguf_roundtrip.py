@@ -27,31 +27,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def float_model(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def float_model(gguf_llama_dir):
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from bitalloc.models.smollm2 import cached_folder
-
-    tok = AutoTokenizer.from_pretrained(cached_folder())
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=544,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
-    folder = tmp_path_factory.mktemp("hf")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    f32 = G.float_gguf(folder, folder / "model-f32.gguf")
-    return model, tok, f32
+    model = LlamaForCausalLM.from_pretrained(gguf_llama_dir).eval()
+    tok = AutoTokenizer.from_pretrained(gguf_llama_dir)
+    return model, tok, G.float_gguf(gguf_llama_dir, gguf_llama_dir / "model-f32.gguf")
 
 
 def random_plan(space: SearchSpace, seed: int) -> Solution:

@@ -95,11 +95,13 @@ def quantize(
     *,
     imatrix: str | os.PathLike[str] | None = None,
     default_type: str = "q8_0",
+    embedding_type: str | None = None,
     threads: int | None = None,
     arch: str = "llama",
 ) -> Path:
     """``llama-quantize --pure --tensor-type-file`` of ``solution`` on the float GGUF
-    ``source``; unplanned quantizable tensors (the token embedding) take ``default_type``."""
+    ``source``; unplanned quantizable tensors take ``default_type``, the token embedding
+    ``embedding_type`` when given."""
     source, out = Path(source), Path(out)
     if not source.is_file():
         raise ValueError(f"`source` GGUF not found: {source}")
@@ -111,12 +113,50 @@ def quantize(
         types = Path(tmpdir) / "tensor-types.txt"
         types.write_text(text)
         args: list[Any] = [exe, "--pure", "--tensor-type-file", types]
+        if embedding_type is not None:
+            args += ["--token-embedding-type", embedding_type.upper()]
         if imatrix is not None:
             args += ["--imatrix", imatrix]
         n = str(threads or os.cpu_count() or 2)
         return llamacpp.produce(
             out, lambda tmp: llamacpp.run([*args, source, tmp, default_type.upper(), n])
         )
+
+
+def recipe(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    ftype: str,
+    *,
+    pure: bool = False,
+    imatrix: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+) -> Path:
+    """llama.cpp's own recipe ``ftype`` (``Q4_K_M``, ``IQ4_NL``...) of the float GGUF."""
+    args: list[Any] = [llamacpp.tool("llama-quantize")]
+    if pure:
+        args.append("--pure")
+    if imatrix is not None:
+        args += ["--imatrix", imatrix]
+    n = str(threads or os.cpu_count() or 2)
+    return llamacpp.produce(out, lambda tmp: llamacpp.run([*args, source, tmp, ftype, n]))
+
+
+def imatrix_from_text(
+    source: str | os.PathLike[str],
+    text: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+) -> Path:
+    """``llama-imatrix`` of the float GGUF over ``text`` (llama.cpp's own importance matrix)."""
+    args: list[Any] = [llamacpp.tool("llama-imatrix"), "-m", source, "-f", text, "-c", ctx]
+    if chunks is not None:
+        args += ["--chunks", chunks]
+    args += ["-t", threads or os.cpu_count() or 2, "--output-format", "dat"]
+    return llamacpp.produce(out, lambda tmp: llamacpp.run([*args, "-o", tmp]))
 
 
 def tensors(path: str | os.PathLike[str]) -> dict[str, GgufTensor]:

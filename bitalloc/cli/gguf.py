@@ -1,0 +1,103 @@
+"""``bitalloc gguf``: build a plan's GGUF file with llama.cpp's own tools.
+
+The float model is converted once by the tree's ``convert_hf_to_gguf.py`` (cached), the plan
+becomes a ``--tensor-type-file`` and ``llama-quantize --pure`` writes the file; a plan built by
+the ``ggml`` backend with an importance matrix gets the same ``E[x^2]`` as an imatrix file, so
+the GGUF holds bit for bit the weights bitalloc searched with. The planned tensors' bytes in
+the file are checked against the plan. Needs ``make llama-cpp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import EXIT_BAD_INPUT, CliError, check_output, load_model
+
+
+def _model_folder(name: str) -> Path:
+    from ..models import names
+
+    if name == "smollm2-135m":
+        from ..models.smollm2 import cached_folder
+
+        return cached_folder()
+    if name in names():
+        raise CliError(f"model {name!r} has no llama.cpp architecture; use a Llama-family model")
+    return Path(name)
+
+
+def cmd_gguf(args: argparse.Namespace) -> int:
+    from ..backends.export import EXPORTERS
+    from ..backends.export import gguf as G
+    from ..models import cache_dir
+    from ..search.solution import Solution
+    from ..toolkits import llamacpp
+
+    sol = Solution.load(args.plan)
+    if not sol.success:
+        raise CliError(f"plan {args.plan!r} has status {sol.status.value}: {sol.message}")
+    out = Path(args.out or Path(args.plan).with_suffix(".gguf"))
+    check_output(str(out), "-o/--out")
+    bad = EXPORTERS.get("llama.cpp").check(sol)
+    if bad:
+        print(f"bitalloc gguf: the plan breaks {len(bad)} rule(s) of llama.cpp:", file=sys.stderr)
+        for v in bad:
+            print(f"  {v}", file=sys.stderr)
+        print("search with --target llama.cpp, or `bitalloc export --fix`", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    llamacpp.tool("llama-quantize")  # ToolkitMissing names `make llama-cpp` before any work
+    name = args.model or sol.meta.get("model")
+    if not name and not args.float:
+        raise CliError("the plan does not name its model; pass --model or --float")
+    source = Path(args.float) if args.float else None
+    if source is not None and not source.is_file():
+        raise CliError(f"--float: no such GGUF file: {source}")
+    imatrix = None
+    record = sol.meta.get("backend") or {}
+    wants = record.get("name") == "ggml" and record.get("options", {}).get("imatrix") != "off"
+    if args.imatrix == "plan" and wants and sol.meta.get("calibration"):
+        from ..backends.ggml import GgmlBackend
+        from ..data.tokens import calibration_from_record
+
+        model, tok = load_model(str(name))
+        calib = calibration_from_record(tok, sol.meta["calibration"])
+        moments = GgmlBackend(imatrix="on").quantized(model, sol.space, calib).importance
+        imatrix = G.write_imatrix(G.imatrix_of(moments), out.with_suffix(".imatrix.dat"))
+    if source is None:
+        folder = _model_folder(str(name))
+        source = cache_dir("gguf", Path(str(name)).name) / "model-f32.gguf"
+        if not source.is_file():
+            print(f"converting {folder} to {source}")
+            G.float_gguf(folder, source)
+    G.quantize(sol, source, out, imatrix=imatrix, embedding_type=args.embedding_type)
+    problems = G.check_bytes(sol, out)
+    measured = sum(G.tensors(out)[n].nbytes for n in EXPORTERS.get("llama.cpp").types(sol))
+    print(f"GGUF written to {out} ({G.file_bytes(out):,} bytes)")
+    print(
+        f"planned tensors: file {measured:,} bytes, plan predicted {sol.nbytes:,} bytes"
+        + ("" if not problems else "  MISMATCH: " + "; ".join(problems[:5]))
+        + (f"; imatrix {imatrix}" if imatrix else "")
+    )
+    return 0 if not problems else 1
+
+
+def register(sub: Any) -> None:
+    """Add ``bitalloc gguf`` to ``bitalloc``'s subparsers."""
+    g = sub.add_parser("gguf", help="build a plan's GGUF with llama.cpp's llama-quantize")
+    g.add_argument("plan")
+    g.add_argument("-o", "--out", help="GGUF to write (default: PLAN.gguf)")
+    g.add_argument("--model", help="override the model named in the plan")
+    g.add_argument("--float", help="F32/F16 GGUF of the model (default: converted and cached)")
+    g.add_argument(
+        "--embedding-type", help="ggml type of the token embedding (default: llama-quantize's Q8_0)"
+    )
+    g.add_argument(
+        "--imatrix",
+        choices=("plan", "off"),
+        default="plan",
+        help="plan: the plan's E[x^2] when its ggml backend used one (default); off: none",
+    )
+    g.set_defaults(func=cmd_gguf)
