@@ -91,9 +91,7 @@ def register(sub: Any) -> None:
     g.add_argument("-o", "--out", help="GGUF to write (default: PLAN.gguf)")
     g.add_argument("--model", help="override the model named in the plan")
     g.add_argument("--float", help="F32/F16 GGUF of the model (default: converted and cached)")
-    g.add_argument(
-        "--embedding-type", help="ggml type of the token embedding (default: llama-quantize's Q8_0)"
-    )
+    g.add_argument("--embedding-type", help="ggml type of the token embedding (default: Q8_0)")
     g.add_argument(
         "--imatrix",
         choices=("plan", "off"),
