@@ -31,7 +31,7 @@ llama-cpp: install
 test: install llama-cpp
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: install llama-cpp
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # ruff (lint + format) on everything; mypy on the torch-free core types and solvers

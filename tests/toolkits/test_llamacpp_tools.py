@@ -62,3 +62,13 @@ def test_timeouts_and_missing_programs_are_tool_failures(tmp_path) -> None:
         llamacpp.run([sys.executable, "-c", "import time; print('x'); time.sleep(5)"], timeout=0.5)
     with pytest.raises(llamacpp.ToolFailed, match="could not start"):
         llamacpp.run([tmp_path / "no-such-tool"])
+
+
+def test_outputs_get_normal_permissions(tmp_path) -> None:
+    import os
+
+    out = tmp_path / "model.gguf"
+    llamacpp.produce(out, lambda tmp: tmp.write_bytes(b"GGUF"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
