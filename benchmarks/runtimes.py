@@ -15,7 +15,8 @@ text), on SmolLM2-135M:
    decoded from each file (so the two measurements can be compared).
 
     python benchmarks/runtimes.py [--recipes IQ4_NL:pure,IQ4_XS:pure,Q4_0:pure,Q3_K_M,Q2_K]
-        [--imatrix off,on] [--effort fast] [--chunks 16] [--out runs/runtimes]
+        [--imatrix off,on] [--effort ilp|fast|default] [--without q4_1] [--chunks 16]
+        [--out runs/runtimes]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bitalloc.data import calibration, corpora, evaluate_lm, windows
 from bitalloc.models import cache_dir, load
 from bitalloc.models.smollm2 import cached_folder
 from bitalloc.search.pipeline import refine
+from bitalloc.search.targets import LLAMACPP_MENU
 
 RECIPES = "IQ4_NL:pure,IQ4_XS:pure,Q4_0:pure,Q3_K_M,Q2_K"
 
@@ -67,11 +69,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipes", default=RECIPES)
     p.add_argument("--imatrix", default="off,on")
-    p.add_argument("--effort", default="fast", help="bitalloc pipeline effort, or 'ilp'")
+    p.add_argument(
+        "--effort",
+        default="ilp",
+        help="'ilp' (fisher table + exact solve), or the default pipeline's effort: fast, default",
+    )
     p.add_argument("--chunks", type=int, default=16, help="llama-perplexity chunks of 512")
     p.add_argument("--n-samples", type=int, default=16)
     p.add_argument("--windows", type=int, default=8, help="bitalloc's own held-out windows")
     p.add_argument("--out", default="runs/runtimes")
+    p.add_argument(
+        "--without",
+        default="",
+        help="ggml types to leave out of bitalloc's menu, e.g. q4_1 (the float model's own grid)",
+    )
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,9 +133,9 @@ def main() -> None:
         backend = GgmlBackend(imatrix="on" if use else "off")
         if im not in tables:
             t0 = time.perf_counter()
-            space = ba.SearchSpace.from_model(
-                model, target="llama.cpp", example_input=calib.batches[0]
-            )
+            drop = {k for k in args.without.split(",") if k}
+            menu = [k for k in LLAMACPP_MENU if k not in drop]
+            space = ba.SearchSpace.from_model(model, menu, target="llama.cpp")
             prepared = Prepared(backend, model, space, calib)
             table = ba.estimate(
                 model, space, calib, "fisher", backend=prepared, cache_dir=cache_dir()
@@ -143,7 +154,9 @@ def main() -> None:
             if not rfile.is_file():
                 G.recipe(f32, rfile, ftype, pure=bool(pure), imatrix=lcpp_imatrix if use else None)
             ref = results.get(f"llama.cpp {name}") or measure(f"llama.cpp {name}", rfile)
-            key = f"bitalloc @ {name}"
+            tag = "" if args.effort == "ilp" else f"-{args.effort}"
+            tag += f"-no-{args.without}" if args.without else ""
+            key = f"bitalloc{tag} @ {name}"
             if key in results:
                 continue
             t0 = time.perf_counter()
@@ -153,11 +166,11 @@ def main() -> None:
             else:
                 plan = refine(model, calib, table, budget, backend=prepared, effort=args.effort)
             t_search = time.perf_counter() - t0
-            plan.save(out / f"plan-{name}.json")
+            plan.save(out / f"plan-{key.split(' ')[0]}-{name}.json")
             bfile = G.quantize(
                 plan,
                 f32,
-                out / f"bitalloc-{name}.gguf",
+                out / f"{key.split(' ')[0]}-{name}.gguf",
                 imatrix=ours_imatrix,
                 embedding_type=ref["embd"],
             )
@@ -177,16 +190,26 @@ def main() -> None:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [
-        "| recipe | file | bytes | KLD (llama.cpp) | ppl (llama.cpp) | KL (bitalloc) |",
-        "|---|---|---|---|---|---|",
-    ]
+    """Markdown rows, grouped by recipe (llama.cpp's file first), best KLD in bold."""
+    by_recipe: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for key, r in results.items():
-        lines.append(
-            f"| {key.split(' ', 1)[1].removeprefix('@ ')} | {key.split(' ')[0]} | "
-            f"{r['file_bytes']:,} | {r['kld']:.4f} ± {r['kld_err']:.4f} | {r['ppl']:.2f} | "
-            f"{r['own_kl']:.4f} |"
-        )
+        who, _, recipe = key.partition(" ")
+        by_recipe.setdefault(recipe.removeprefix("@ "), []).append((who, r))
+    lines = [
+        "| recipe | file by | file bytes | mean KLD (llama.cpp) | ppl (llama.cpp) | "
+        "KL (bitalloc, 8 windows) | bitalloc's types |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for recipe, rows in by_recipe.items():
+        best = min(r["kld"] for _, r in rows)
+        for who, r in sorted(rows, key=lambda x: x[0] != "llama.cpp"):
+            kld = f"{r['kld']:.4f} ± {r['kld_err']:.4f}"
+            kld = f"**{kld}**" if r["kld"] == best else kld
+            types = ", ".join(f"{k} {v}" for k, v in (r.get("formats") or {}).items())
+            lines.append(
+                f"| {recipe} | {who} | {r['file_bytes']:,} | {kld} | {r['ppl']:.2f} | "
+                f"{r['own_kl']:.4f} | {types} |"
+            )
     return "\n".join(lines)
 
 

@@ -85,7 +85,7 @@ def test_parse_normalises_case_and_space() -> None:
         ("int4-g0", "`group_size`"),
         ("int4", "unknown format key"),
         ("int4-g128-asym", "unknown format key"),
-        ("q4_k", "unknown format key"),
+        ("q7_k", "unknown format key"),  # q4_k is a ggml type (test_search_targets.py)
         ("", "unknown format key"),
         ("int4-gx", "unknown format key"),
     ],
