@@ -26,7 +26,7 @@ from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
 from . import BACKENDS
 from .base import AppliedPlan, check_plan, write_weights
-from .quantizer import Quantized
+from .quantizer import Quantized, quantize_unit
 
 if TYPE_CHECKING:
     import torch
@@ -118,8 +118,7 @@ class GgmlWeights:
         fmt = self.space.formats[self.space.keys.index(key)]
         w = self._views[index].detach().float().cpu()
         if fmt.is_float:
-            half = torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16
-            return Quantized(w.to(half).float(), None, None, None, None)
+            return quantize_unit(w, fmt)  # the one 16-bit cast
         from ..toolkits import ggml
 
         imp = self.importance.get(unit.fqn)

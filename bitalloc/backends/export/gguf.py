@@ -17,7 +17,6 @@ Needs ``make llama-cpp``.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import struct
@@ -41,6 +40,20 @@ class GgufTensor:
     type: str
     nbytes: int
     shape: tuple[int, ...]
+
+
+def _threads(threads: int | None) -> str:
+    return str(threads or os.cpu_count() or 2)
+
+
+def _over_text(
+    tool: str, model: Any, text: Any, ctx: int, chunks: int | None, threads: int | None
+) -> list[Any]:
+    """``TOOL -m MODEL -f TEXT -c CTX [--chunks N] -t THREADS`` (imatrix and perplexity)."""
+    args: list[Any] = [llamacpp.tool(tool), "-m", model, "-f", text, "-c", ctx]
+    if chunks is not None:
+        args += ["--chunks", chunks]
+    return [*args, "-t", _threads(threads)]
 
 
 def float_gguf(
@@ -117,7 +130,7 @@ def quantize(
             args += ["--token-embedding-type", embedding_type.upper()]
         if imatrix is not None:
             args += ["--imatrix", imatrix]
-        n = str(threads or os.cpu_count() or 2)
+        n = _threads(threads)
         return llamacpp.produce(
             out, lambda tmp: llamacpp.run([*args, source, tmp, default_type.upper(), n])
         )
@@ -138,7 +151,7 @@ def recipe(
         args.append("--pure")
     if imatrix is not None:
         args += ["--imatrix", imatrix]
-    n = str(threads or os.cpu_count() or 2)
+    n = _threads(threads)
     return llamacpp.produce(out, lambda tmp: llamacpp.run([*args, source, tmp, ftype, n]))
 
 
@@ -152,10 +165,8 @@ def imatrix_from_text(
     threads: int | None = None,
 ) -> Path:
     """``llama-imatrix`` of the float GGUF over ``text`` (llama.cpp's own importance matrix)."""
-    args: list[Any] = [llamacpp.tool("llama-imatrix"), "-m", source, "-f", text, "-c", ctx]
-    if chunks is not None:
-        args += ["--chunks", chunks]
-    args += ["-t", threads or os.cpu_count() or 2, "--output-format", "dat"]
+    args = _over_text("llama-imatrix", source, text, ctx, chunks, threads)
+    args += ["--output-format", "dat"]
     return llamacpp.produce(out, lambda tmp: llamacpp.run([*args, "-o", tmp]))
 
 
@@ -204,10 +215,7 @@ def stored_weights(path: str | os.PathLike[str], names: Any = None) -> dict[str,
 
 def _field(reader: Any, key: str) -> Any:
     field = reader.get_field(key)
-    if field is None:
-        return None
-    value = field.contents()
-    return value
+    return None if field is None else field.contents()
 
 
 def planned_bytes(solution: Solution, arch: str = "llama") -> int:
@@ -264,11 +272,7 @@ def kl_base(
     threads: int | None = None,
 ) -> Path:
     """The float model's logits over ``text`` (``llama-perplexity --kl-divergence-base``)."""
-    exe = llamacpp.tool("llama-perplexity")
-    args: list[Any] = [exe, "-m", float_model, "-f", text, "-c", ctx, "-b", ctx]
-    if chunks is not None:
-        args += ["--chunks", chunks]
-    args += ["-t", threads or os.cpu_count() or 2]
+    args = [*_over_text("llama-perplexity", float_model, text, ctx, chunks, threads), "-b", ctx]
     return llamacpp.produce(out, lambda tmp: llamacpp.run([*args, "--kl-divergence-base", tmp]))
 
 
@@ -294,7 +298,7 @@ def kl_divergence(
             "-b",
             ctx,
             "-t",
-            threads or os.cpu_count() or 2,
+            _threads(threads),
         ]
     )
     m, p, b = _KLD.search(text), _PPL.search(text), _BASE.search(text)
@@ -309,10 +313,3 @@ def kl_divergence(
 
 def file_bytes(path: str | os.PathLike[str]) -> int:
     return Path(path).stat().st_size
-
-
-def bits_per_weight(path: str | os.PathLike[str], names: Any = None) -> float:
-    """Average stored bits per weight of the tensors ``names`` of the GGUF (default: all)."""
-    held = tensors(path)
-    picked = [held[n] for n in (names or held)]
-    return 8 * sum(t.nbytes for t in picked) / sum(math.prod(t.shape) for t in picked)
