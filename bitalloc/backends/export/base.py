@@ -176,3 +176,25 @@ def _common_head(names: list[str]) -> str:
         while not n.startswith(head):
             head = head[:-1]
     return head[: head.rfind(".") + 1]
+
+
+CODE_SOURCES = ("rtn", "gptq")
+
+
+def code_source(quantizer: Any, arg: str = "quantizer") -> Any:
+    """The rtn or gptq backend (a name or an instance) that keeps its codes, scales and zero
+    points (``keep_codes=True``): what a toolkit's tensors are filled with."""
+    import dataclasses
+
+    from .. import BACKENDS
+
+    if isinstance(quantizer, str):
+        if quantizer not in CODE_SOURCES:
+            raise ValueError(f"`{arg}` must be one of {CODE_SOURCES}, got {quantizer!r}")
+        return BACKENDS.get(quantizer, keep_codes=True)
+    if getattr(type(quantizer), "name", None) not in CODE_SOURCES:
+        raise TypeError(
+            f"`{arg}` must be one of {CODE_SOURCES} or an instance of their backends, "
+            f"got {type(quantizer).__name__}"
+        )
+    return dataclasses.replace(quantizer, keep_codes=True)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ...search._io import atomic_write_folder, read_json
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
-from .base import ExportViolations
+from .base import ExportViolations, code_source
 from .compressed_tensors import CompressedTensorsExporter, weight_args
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 SHAPE_BYTES = 16  # compressed-tensors' weight_shape: int64 [2] per layer
-QUANTIZERS = ("rtn", "gptq")
 VIA = ("auto", "transformers", "compressed-tensors")
 _PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 
@@ -102,7 +101,7 @@ def save_checkpoint(
     bad = exporter.check(solution)
     if bad:
         raise ExportViolations(type(exporter).name, bad)
-    backend = _quantizer(quantizer)
+    backend = code_source(quantizer)
     state, planned = _compressed_state(model, solution, backend, calib)
     config = model.config.to_dict()
     config["quantization_config"] = exporter.render(solution)
@@ -124,24 +123,6 @@ def _copier(src: Path) -> Any:
     import shutil
 
     return lambda p: shutil.copyfile(src, p)
-
-
-def _quantizer(quantizer: Any) -> Any:
-    from .. import BACKENDS
-
-    if isinstance(quantizer, str):
-        if quantizer not in QUANTIZERS:
-            raise ValueError(f"`quantizer` must be one of {QUANTIZERS}, got {quantizer!r}")
-        return BACKENDS.get(quantizer, keep_codes=True)
-    name = getattr(type(quantizer), "name", None)
-    if name not in QUANTIZERS:
-        raise TypeError(
-            f"`quantizer` must be one of {QUANTIZERS} or an instance of their backends, "
-            f"got {type(quantizer).__name__}"
-        )
-    import dataclasses
-
-    return dataclasses.replace(quantizer, keep_codes=True)
 
 
 def _compressed_state(

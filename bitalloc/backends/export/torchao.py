@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
 from . import EXPORTERS
-from .base import ExportViolations, name_patterns
+from .base import ExportViolations, code_source, name_patterns
 from .rules import RuleExporter, Rules
 
 
@@ -75,3 +75,88 @@ class TorchAoExporter(RuleExporter):
             "quant_method": "torchao",
             "quant_type": {"default": config_to_dict(self.config(solution))},
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TorchAoLayer:
+    """One layer torchao quantized: the plan's packed bytes and what torchao's tensor holds
+    (``IntxUnpackedToInt8Tensor``: one int8 per code, scale and zero point per group in the
+    model's dtype and int8)."""
+
+    name: str
+    format: str
+    planned: int
+    stored: int
+
+
+def quantize_model(
+    model: Any, solution: Solution, *, codes: Any = None, calib: Any = None
+) -> tuple[Any, list[TorchAoLayer]]:
+    """A copy of ``model`` quantized by torchao's own ``quantize_(model, FqnToConfig(...))``.
+
+    Args:
+        model: the float model (left unchanged).
+        solution: the plan; it must pass the torchao exporter's rules.
+        codes: ``None`` keeps torchao's own min-max grid; ``"rtn"``/``"gptq"`` (or an instance
+            of either backend) puts bitalloc's codes, scales and zero points into torchao's
+            tensors, so torchao's forward computes exactly bitalloc's ``W_hat`` (float units
+            take their 16-bit value).
+        calib: calibration batches for ``codes``.
+
+    Returns the quantized copy and per layer its planned and stored bytes.
+    """
+    import copy
+
+    from torchao.quantization import quantize_
+
+    config = TorchAoExporter().config(solution)  # ExportViolations before any work
+    backend = None if codes is None else code_source(codes, "codes")
+    if backend is not None and any(u.channels is not None for u in solution.space.units):
+        raise ValueError("torchao takes one format per layer: channel-slice units are refused")
+    out = copy.deepcopy(model)
+    quantize_(out, config, filter_fn=None)
+    if backend is not None:
+        _put_codes(out, model, solution, backend, calib)
+    layers = []
+    for u, fmt in zip(solution.space.units, solution.formats):
+        if fmt.is_float:
+            continue
+        w = out.get_submodule(u.fqn).weight
+        names, _ = w.__tensor_flatten__()
+        stored = sum(getattr(w, n).numel() * getattr(w, n).element_size() for n in names)
+        layers.append(TorchAoLayer(u.fqn, fmt.key, fmt.nbytes(u.shape), stored))
+    return out, layers
+
+
+def _put_codes(out: Any, model: Any, solution: Solution, backend: Any, calib: Any) -> None:
+    """Swap each torchao weight for one holding ``backend``'s codes (same layout)."""
+    import torch
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    handle = backend.apply(model, solution, calib=calib)
+    try:
+        kept = dict(handle.tensors)
+    finally:
+        handle.restore()
+    for u, fmt in zip(solution.space.units, solution.formats):
+        q, module = kept[u.name], out.get_submodule(u.fqn)
+        if fmt.is_float:
+            module.weight = torch.nn.Parameter(q.weight.to(module.weight.dtype), False)
+            continue
+        w = module.weight
+        zero = torch.zeros_like(q.scale, dtype=torch.int8)
+        if q.zero is not None:  # bitalloc's codes are 0..2^b-1, torchao's signed
+            zero = (q.zero - 2 ** (fmt.bits - 1)).to(torch.int8)
+            qdata = q.codes - 2 ** (fmt.bits - 1)
+        else:
+            qdata = q.codes
+        new = IntxUnpackedToInt8Tensor(
+            qdata.reshape(w.qdata.shape).to(torch.int8),
+            q.scale.to(w.scale.dtype).reshape(w.scale.shape),
+            zero.reshape(w.zero_point.shape),
+            target_dtype=w.target_dtype,
+            block_size=w.block_size,
+            dtype=w.dtype,
+            activation_quantization=w.activation_quantization,
+        )
+        module.weight = torch.nn.Parameter(new, requires_grad=False)
