@@ -20,7 +20,6 @@ from bitalloc.search.space import SearchSpace
 from tests.conftest import make_tiny_llama
 from tests.search.test_search_targets import random_plans
 
-pytest.importorskip("compressed_tensors")
 
 ANY_GRID = ["int2-g32", "int3-g64", "int4-g32", "int4-g32-sym", "int5-pc", "int8-pc", "fp16"]
 SYMMETRIC = ["int4-g32-sym", "int4-g64-sym", "int8-pc-sym", "int3-g32-sym", "bf16"]

@@ -17,7 +17,6 @@ from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
 from tests.conftest import make_tiny_llama
 
-pytest.importorskip("torchao")
 
 MENU = ["int2-g32", "int3-g64", "int4-g32", "int4-g32-sym", "int6-pc", "int8-pc-sym", "fp16"]
 

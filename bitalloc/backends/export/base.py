@@ -181,6 +181,26 @@ def _common_head(names: list[str]) -> str:
 CODE_SOURCES = ("rtn", "gptq")
 
 
+@dataclass(frozen=True, slots=True)
+class LayerBytes:
+    """One layer a toolkit quantized: its format, the plan's bytes and what the toolkit's
+    artifact holds for it (``stored - planned`` is the toolkit's layout overhead)."""
+
+    name: str
+    format: str
+    planned: int
+    stored: int
+
+    @property
+    def overhead(self) -> int:
+        return self.stored - self.planned
+
+
+def tensor_bytes(*tensors: Any) -> int:
+    """Bytes of plain tensors (``numel * element_size``)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def code_source(quantizer: Any, arg: str = "quantizer") -> Any:
     """The rtn or gptq backend (a name or an instance) that keeps its codes, scales and zero
     points (``keep_codes=True``): what a toolkit's tensors are filled with."""

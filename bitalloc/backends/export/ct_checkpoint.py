@@ -34,14 +34,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...search._io import atomic_write_folder, read_json
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
-from .base import ExportViolations, code_source
+from .base import ExportViolations, LayerBytes, code_source
 from .compressed_tensors import CompressedTensorsExporter, weight_args
 
 if TYPE_CHECKING:
@@ -53,22 +52,6 @@ CONFIG = "config.json"
 SHAPE_BYTES = 16  # compressed-tensors' weight_shape: int64 [2] per layer
 VIA = ("auto", "transformers", "compressed-tensors")
 _PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
-
-
-@dataclass(frozen=True, slots=True)
-class LayerBytes:
-    """One quantized layer: its format, the plan's bytes and the bytes the file holds."""
-
-    name: str
-    format: str
-    planned: int
-    stored: int
-
-    @property
-    def overhead(self) -> int:
-        """``stored - planned``: compressed-tensors' ``weight_shape`` (16 B) when packing adds
-        no padding."""
-        return self.stored - self.planned
 
 
 def save_checkpoint(

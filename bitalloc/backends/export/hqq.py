@@ -19,7 +19,7 @@ from ...search.formats import QuantFormat
 from ...search.solution import Solution
 from ...search.space import Unit
 from . import EXPORTERS
-from .base import ExportViolations
+from .base import ExportViolations, LayerBytes, tensor_bytes
 from .rules import RuleExporter, Rules
 
 HQQ_RUNTIMES = ("transformers", "vllm")
@@ -74,3 +74,43 @@ class HqqExporter(RuleExporter):
             "dynamic_config": dynamic,
             "skip_modules": ["lm_head"],
         }
+
+
+def quantize_model(
+    model: Any, solution: Solution, *, compute_dtype: Any = None
+) -> tuple[Any, list[LayerBytes]]:
+    """A copy of ``model`` quantized by HQQ's own engine from the export, on CPU.
+
+    ``HqqConfig`` in transformers 5.24 cannot quantize ("QuantizationMethod.HQQ is not
+    available yet"), so this runs HQQ's ``AutoHQQHFModel.quantize_model`` with the exported
+    ``dynamic_config`` as its per-tag ``BaseQuantizeConfig`` table: HQQ's half-quadratic
+    optimizer fits its own scales and zero points. Float units' tags are absent and stay float.
+    The bytes per layer are HQQ's ``W_q`` (bit-packed), ``scale`` and ``zero`` (``compute_dtype``,
+    float32 by default).
+    """
+    import copy
+
+    import torch
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+    from hqq.models.hf.base import AutoHQQHFModel
+
+    config = HqqExporter().render(solution)  # ExportViolations before any work
+    table: dict[str, Any] = {
+        tag: BaseQuantizeConfig(nbits=v["nbits"], group_size=v["group_size"])
+        for tag, v in config["dynamic_config"].items()
+    }
+    for u in solution.space.units:  # tags the plan keeps float: HQQ leaves them alone
+        table.setdefault(linear_tag(u.fqn), None)
+    out = copy.deepcopy(model)
+    dtype = torch.float32 if compute_dtype is None else compute_dtype
+    AutoHQQHFModel.quantize_model(out, quant_config=table, compute_dtype=dtype, device="cpu")
+    layers = []
+    for u, fmt in zip(solution.space.units, solution.formats):
+        layer = out.get_submodule(u.fqn)
+        if fmt.is_float:
+            continue
+        if not isinstance(layer, HQQLinear):
+            raise RuntimeError(f"HQQ left {u.fqn} unquantized")
+        stored = tensor_bytes(layer.W_q, layer.meta["scale"], layer.meta["zero"])
+        layers.append(LayerBytes(u.fqn, fmt.key, fmt.nbytes(u.shape), stored))
+    return out, layers

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
 from . import EXPORTERS
-from .base import ExportViolations
+from .base import ExportViolations, LayerBytes, tensor_bytes
 from .rules import RuleExporter, Rules
 
 
@@ -93,3 +93,49 @@ def quantizer_cfg(fmt: QuantFormat) -> dict[str, Any]:
         "block_sizes": {-1: fmt.group_size, "type": "static"},
         "axis": None,
     }
+
+
+def quantize_model(
+    model: Any, solution: Solution, *, calib: Any = None, compress: bool = True
+) -> tuple[Any, list[LayerBytes]]:
+    """A copy of ``model`` quantized by ModelOpt's own ``mtq.quantize`` from the export, on CPU.
+
+    The exported ``quant_cfg`` drives ``mtq.quantize`` (max calibration of the weight
+    quantizers over ``calib``'s batches, or one short batch without it). With ``compress``
+    (deploy plans only: int4 g64/g128, int8 per channel) ``mtq.compress`` then stores real
+    codes: int4 packed two per byte, int8 one per byte, one float32 scale per group. Without it
+    the weights stay fake-quantized floats and no bytes are reported.
+    """
+    import copy
+
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    exporter = ModelOptExporter(deploy=compress)
+    config = exporter.render(solution)  # ExportViolations before any work
+    out = copy.deepcopy(model)
+    batches = list(calib.batches) if calib is not None else [torch.arange(16).reshape(1, 16)]
+
+    def forward_loop(m: Any) -> None:
+        with torch.no_grad():
+            for ids in batches:
+                m(ids)
+
+    mtq.quantize(out, config, forward_loop=forward_loop)
+    layers: list[LayerBytes] = []
+    if not compress:
+        return out, layers
+    mtq.compress(out)
+    for u, fmt in zip(solution.space.units, solution.formats):
+        if fmt.is_float:
+            continue
+        layer = out.get_submodule(u.fqn)
+        stored = tensor_bytes(_raw(layer.weight), layer.weight_quantizer._scale)
+        layers.append(LayerBytes(u.fqn, fmt.key, fmt.nbytes(u.shape), stored))
+    return out, layers
+
+
+def _raw(weight: Any) -> Any:
+    """The stored codes of a compressed weight (``QTensorWrapper.data``: uint8 int4 pairs or
+    int8)."""
+    return weight.data

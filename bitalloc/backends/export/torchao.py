@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
 from . import EXPORTERS
-from .base import ExportViolations, code_source, name_patterns
+from .base import ExportViolations, LayerBytes, code_source, name_patterns, tensor_bytes
 from .rules import RuleExporter, Rules
 
 
@@ -77,21 +77,9 @@ class TorchAoExporter(RuleExporter):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class TorchAoLayer:
-    """One layer torchao quantized: the plan's packed bytes and what torchao's tensor holds
-    (``IntxUnpackedToInt8Tensor``: one int8 per code, scale and zero point per group in the
-    model's dtype and int8)."""
-
-    name: str
-    format: str
-    planned: int
-    stored: int
-
-
 def quantize_model(
     model: Any, solution: Solution, *, codes: Any = None, calib: Any = None
-) -> tuple[Any, list[TorchAoLayer]]:
+) -> tuple[Any, list[LayerBytes]]:
     """A copy of ``model`` quantized by torchao's own ``quantize_(model, FqnToConfig(...))``.
 
     Args:
@@ -122,9 +110,9 @@ def quantize_model(
         if fmt.is_float:
             continue
         w = out.get_submodule(u.fqn).weight
-        names, _ = w.__tensor_flatten__()
-        stored = sum(getattr(w, n).numel() * getattr(w, n).element_size() for n in names)
-        layers.append(TorchAoLayer(u.fqn, fmt.key, fmt.nbytes(u.shape), stored))
+        names, _ = w.__tensor_flatten__()  # qdata, scale, zero_point
+        stored = tensor_bytes(*(getattr(w, n) for n in names))
+        layers.append(LayerBytes(u.fqn, fmt.key, fmt.nbytes(u.shape), stored))
     return out, layers
 
 

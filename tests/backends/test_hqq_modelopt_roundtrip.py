@@ -1,0 +1,105 @@
+"""HQQ and ModelOpt round trips on CPU, each by the toolkit's own engine from bitalloc's
+export: every planned layer takes the planned grid, the bytes the toolkit holds follow its own
+layout exactly, and its weights are at least as close to the float ones as bitalloc's min-max
+grid of the same format."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from bitalloc.backends import BACKENDS
+from bitalloc.backends.export import EXPORTERS, ExportViolations
+from bitalloc.search.solution import Solution, Status
+from bitalloc.search.space import SearchSpace
+from tests.conftest import make_tiny_llama
+
+
+def _plan(model, formats, target, seed=0):
+    space = SearchSpace.from_model(model, formats=formats, tie=None)
+    rng = random.Random(seed)
+    choice = tuple(rng.choice(u.allowed) for u in space.units)
+    return EXPORTERS.get(target).fix(Solution(space=space, choice=choice, status=Status.FEASIBLE))
+
+
+def _minmax(model, plan):
+    handle = BACKENDS.get("rtn").apply(model, plan)
+    try:
+        return {u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in plan.space.units}
+    finally:
+        handle.restore()
+
+
+def _sqnr(ref, x) -> float:
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum()))
+
+
+def test_hqq_engine_quantizes_each_tag_as_planned() -> None:
+    from hqq.core.quantize import HQQLinear
+
+    from bitalloc.backends.export.hqq import quantize_model
+
+    model = make_tiny_llama(hidden=64, intermediate=128)
+    plan = _plan(model, ["int2-g32", "int4-g64", "int8-g32", "bf16"], "hqq", seed=5)
+    assert any(f.is_float for f in plan.formats) and not all(f.is_float for f in plan.formats)
+    quantized, layers = quantize_model(model, plan)
+    ours = _minmax(model, plan)
+    by_name = {lay.name: lay for lay in layers}
+    for u, fmt in zip(plan.space.units, plan.formats):
+        layer = quantized.get_submodule(u.fqn)
+        if fmt.is_float:
+            assert not isinstance(layer, HQQLinear), u.fqn
+            continue
+        assert isinstance(layer, HQQLinear), u.fqn
+        assert (layer.meta["nbits"], layer.meta["group_size"]) == (fmt.bits, fmt.group_size)
+        groups = fmt.n_groups(u.shape)
+        rows, cols = u.shape
+        # W_q bit-packed, scale and zero float32 per group (HQQ keeps a float zero point)
+        assert by_name[u.fqn].stored == rows * cols * fmt.bits // 8 + 8 * groups, u.fqn
+        w = model.get_submodule(u.fqn).weight.detach()
+        theirs = layer.dequantize().reshape(w.shape).float()
+        assert _sqnr(w, theirs) >= _sqnr(w, ours[u.fqn]) - 0.5, u.fqn
+    x = torch.arange(16).reshape(1, 16)
+    with torch.no_grad():
+        assert torch.isfinite(quantized(x).logits).all()
+
+
+def test_modelopt_compress_stores_the_planned_codes() -> None:
+    from bitalloc.backends.export.modelopt import quantize_model
+
+    model = make_tiny_llama(hidden=64, intermediate=128)
+    plan = _plan(model, ["int4-g64-sym", "int4-g128-sym", "int8-pc-sym"], "modelopt", seed=2)
+    assert not any(f.is_float for f in plan.formats)
+    quantized, layers = quantize_model(model, plan)
+    assert {lay.name for lay in layers} == {u.fqn for u in plan.space.units}
+    x = torch.arange(16).reshape(1, 16)
+    with torch.no_grad():
+        logits = quantized(x).logits
+        handle = BACKENDS.get("rtn").apply(model, plan)
+        try:
+            ref = model(x).logits
+        finally:
+            handle.restore()
+    for lay, (u, fmt) in zip(layers, zip(plan.space.units, plan.formats)):
+        # the same packed codes, one float32 scale per group where bitalloc stores fp16
+        assert lay.stored == lay.planned + 2 * fmt.n_groups(u.shape), u.fqn
+    assert _sqnr(ref, logits) > 30  # ModelOpt's max-calibrated grid is bitalloc's min-max one
+
+
+def test_modelopt_fake_quant_takes_any_symmetric_grid() -> None:
+    from bitalloc.backends.export.modelopt import quantize_model
+
+    model = make_tiny_llama(hidden=64, intermediate=128)
+    space = SearchSpace.from_model(model, formats=["int3-g32-sym"], tie=None)
+    plan = Solution(space=space, choice=("int3-g32-sym",) * len(space), status=Status.FEASIBLE)
+    with pytest.raises(ExportViolations, match="ModelOpt export"):
+        quantize_model(model, plan)
+    quantized, layers = quantize_model(model, plan, compress=False)
+    assert layers == []
+    ours = _minmax(model, plan)
+    for u in space.units:
+        w = quantized.get_submodule(u.fqn)
+        fake = w.weight_quantizer(w.weight).detach()
+        assert _sqnr(ours[u.fqn], fake) > 25, u.fqn
