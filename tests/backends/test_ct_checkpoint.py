@@ -16,10 +16,8 @@ from bitalloc.backends.export import ExportViolations
 from bitalloc.backends.export import ct_checkpoint as ct
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
-
 from tests.conftest import make_tiny_llama
 from tests.search.test_search_targets import random_plans
-
 
 ANY_GRID = ["int2-g32", "int3-g64", "int4-g32", "int4-g32-sym", "int5-pc", "int8-pc", "fp16"]
 SYMMETRIC = ["int4-g32-sym", "int4-g64-sym", "int8-pc-sym", "int3-g32-sym", "bf16"]
@@ -41,7 +39,9 @@ def _fake_quant(model, solution, backend="rtn", calib=None):
     x = torch.arange(24).reshape(1, 24) % 97
     handle = BACKENDS.get(backend).apply(model, solution, calib=calib)
     try:
-        weights = {u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in solution.space.units}
+        weights = {
+            u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in solution.space.units
+        }
         with torch.no_grad():
             logits = model(x).logits
     finally:

@@ -27,7 +27,9 @@ def _plan(model, formats, target, seed=0):
 def _minmax(model, plan):
     handle = BACKENDS.get("rtn").apply(model, plan)
     try:
-        return {u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in plan.space.units}
+        return {
+            u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in plan.space.units
+        }
     finally:
         handle.restore()
 

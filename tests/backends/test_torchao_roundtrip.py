@@ -17,7 +17,6 @@ from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
 from tests.conftest import make_tiny_llama
 
-
 MENU = ["int2-g32", "int3-g64", "int4-g32", "int4-g32-sym", "int6-pc", "int8-pc-sym", "fp16"]
 
 
@@ -82,7 +81,10 @@ def test_torchao_own_grid_is_the_min_max_family() -> None:
     weights, _, _ = _bitalloc(model, plan)
     for u, fmt in zip(plan.space.units, plan.formats):
         w = model.get_submodule(u.fqn).weight.detach()
-        ours, theirs = _sqnr(w, weights[u.fqn]), _sqnr(w, _dense(quantized.get_submodule(u.fqn).weight))
+        ours, theirs = (
+            _sqnr(w, weights[u.fqn]),
+            _sqnr(w, _dense(quantized.get_submodule(u.fqn).weight)),
+        )
         assert abs(ours - theirs) < 1.5, (u.fqn, fmt.key, ours, theirs)
 
 

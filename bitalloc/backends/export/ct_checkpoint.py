@@ -140,7 +140,9 @@ def _compressed_state(
             if not fmt.symmetric:  # bitalloc's codes are 0..2^b-1; compressed-tensors' signed
                 zero = torch.cat([q.zero for q in qs]) - 2 ** (fmt.bits - 1)
                 local["weight_zero_point"] = zero.to(torch.int8)
-            scheme = QuantizationScheme(targets=[fqn], weights=QuantizationArgs(**weight_args(fmt)))
+            scheme = QuantizationScheme(
+                targets=[fqn], weights=QuantizationArgs(**weight_args(fmt))
+            )
             del state[key]
             for part, value in PackedQuantizationCompressor.compress(local, scheme).items():
                 state[f"{fqn}.{part}"] = value.contiguous()
