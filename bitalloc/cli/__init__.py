@@ -19,13 +19,13 @@ from .frontier import parse_budgets
 def build_parser() -> argparse.ArgumentParser:
     """The ``bitalloc`` argument parser; each module registers its commands."""
     from ..studies.cli import register as register_studies  # optuna loads only when run
-    from . import export, frontier, gguf, pack, plan, validate
+    from . import checkpoint, export, frontier, gguf, pack, plan, validate
 
     p = argparse.ArgumentParser(prog="bitalloc", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"bitalloc {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (plan, validate, frontier, export, pack, gguf):
+    for module in (plan, validate, frontier, export, pack, gguf, checkpoint):
         module.register(sub)
     register_studies(sub)
     return p

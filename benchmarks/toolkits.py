@@ -1,0 +1,160 @@
+"""Plans inside the toolkits that serve them: compressed-tensors, torchao and ModelOpt on CPU.
+
+On SmolLM2-135M, for each budget (the bytes of a uniform recipe over the linear layers:
+``int4-g128-sym`` is llm-compressor's W4A16, ``int8-pc-sym`` its W8A16):
+
+1. ``uniform``: the recipe's format everywhere;
+2. ``bitalloc``: fisher + ILP on the ``compressed-tensors`` target menu (vLLM Marlin's int4
+   g32/g64/g128/per-channel, symmetric or not, and int8 per channel) at exactly the recipe's
+   bytes; ``bitalloc-sym``: the same on the symmetric half of the menu;
+
+every row quantized by the SAME quantizer (``--quantizer``, rtn = the activation-weighted
+clip-searched grid, or gptq) from the same calibration. Each plan is then built by the
+toolkits' own code and measured on held-out Wikipedia (KL to the float model per token, ppl):
+
+- ``compressed-tensors``: the checkpoint bitalloc writes (packed by compressed-tensors'
+  compressor), loaded by ``transformers`` (symmetric) or compressed-tensors' decompressor
+  (asymmetric groups; transformers 5.24 cannot load those, see ``ct_checkpoint``); bytes read
+  from the file;
+- ``torchao``: ``quantize_(FqnToConfig)`` from the export, with bitalloc's codes in torchao's
+  tensors, and with torchao's own min-max grid (``torchao-own``);
+- ``modelopt``: ``mtq.quantize`` + ``mtq.compress`` from the export (deploy plans only:
+  int4 g64/g128 and int8 per channel, symmetric), ModelOpt's own max-calibrated grid;
+
+beside ``bitalloc fake-quant``, the backend's own ``W_hat`` (the gap to it is the export's).
+
+    python benchmarks/toolkits.py [--budgets int4-g128-sym,int8-pc-sym] [--quantizer rtn]
+        [--n-samples 16] [--windows 8] [--out runs/toolkits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import bitalloc as ba
+from bitalloc.backends import BACKENDS
+from bitalloc.backends.export import EXPORTERS
+from bitalloc.backends.export import ct_checkpoint as ct
+from bitalloc.backends.export import modelopt as mo
+from bitalloc.backends.export import torchao as tao
+from bitalloc.backends.quantizer import Prepared
+from bitalloc.data import calibration, evaluate_lm, windows
+from bitalloc.models import cache_dir, load
+from bitalloc.search.solution import Solution, Status
+from bitalloc.search.targets import MARLIN_MENU
+
+
+def uniform(space: Any, key: str) -> Solution:
+    return Solution(space=space, choice=(key,) * len(space), status=Status.FEASIBLE)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budgets", default="int4-g128-sym,int8-pc-sym")
+    p.add_argument("--quantizer", default="rtn", choices=("rtn", "gptq"))
+    p.add_argument("--n-samples", type=int, default=16)
+    p.add_argument("--windows", type=int, default=8)
+    p.add_argument("--out", default="runs/toolkits")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    model, tok = load("smollm2-135m")
+    calib = calibration(tok, args.n_samples, 512)
+    wiki = windows(tok, "wikipedia-heldout", 512, args.windows)
+    backend = BACKENDS.get(args.quantizer)
+    menus = {"bitalloc": MARLIN_MENU, "bitalloc-sym": [k for k in MARLIN_MENU if "sym" in k]}
+    tables: dict[str, Any] = {}
+    for name, menu in menus.items():
+        t0 = time.perf_counter()
+        space = ba.SearchSpace.from_model(model, menu, target="compressed-tensors")
+        prepared = Prepared(backend, model, space, calib)
+        table = ba.estimate(model, space, calib, "fisher", backend=prepared, cache_dir=cache_dir())
+        tables[name] = (space, table, time.perf_counter() - t0)
+        print(f"table {name}: {tables[name][2]:.0f} s", flush=True)
+
+    def record(key: str, row: dict[str, Any]) -> None:
+        results[key] = {**results.get(key, {}), **row}
+        results_path.write_text(json.dumps(results, indent=1))
+        print(key, json.dumps(row), flush=True)
+
+    def kl(candidate: Any) -> dict[str, float]:
+        m = evaluate_lm(model, {"m": candidate}, wiki)["m"]
+        return {"kl": m.kl, "ppl": m.ppl}
+
+    for budget in args.budgets.split(","):
+        space, table, _ = tables["bitalloc"]
+        anchor = uniform(space, budget)
+        plans = {"uniform": anchor}
+        for name, (_, tb, _) in tables.items():
+            plans[name] = ba.solve(tb, ba.Budget.bytes(anchor.nbytes), "ilp")
+        for who, plan in plans.items():
+            key = f"{who} @ {budget}"
+            if key in results:
+                continue
+            plan.save(out / f"plan-{who}-{budget}.json")
+            handle = backend.apply(model, plan, calib=calib)
+            try:
+                fake = kl(model)
+            finally:
+                handle.restore()
+            row: dict[str, Any] = {
+                "predicted_bytes": plan.nbytes,
+                "avg_bits": plan.avg_bits,
+                "fake_quant": fake,
+                "formats": {k: plan.choice.count(k) for k in sorted(set(plan.choice))},
+            }
+            folder = out / f"ct-{who}-{budget}"
+            layers = ct.save_checkpoint(model, plan, folder, quantizer=args.quantizer, calib=calib)
+            loaded = ct.load_checkpoint(folder)
+            row["compressed-tensors"] = {
+                **kl(loaded),
+                "loader": "transformers" if ct.groups_symmetric(folder) else "compressed-tensors",
+                "stored_bytes": sum(lay.stored for lay in layers),
+                "weight_shape_bytes": ct.SHAPE_BYTES * len(layers),
+            }
+            del loaded
+            for tag, codes in (("torchao", args.quantizer), ("torchao-own", None)):
+                built, tl = tao.quantize_model(model, plan, codes=codes, calib=calib)
+                row[tag] = {**kl(built), "stored_bytes": sum(lay.stored for lay in tl)}
+                del built
+            bad = EXPORTERS.get("modelopt").check(plan)
+            if bad:
+                row["modelopt"] = {"skipped": f"{len(bad)} units break ModelOpt's deploy rules"}
+            else:
+                built, ml = mo.quantize_model(model, plan, calib=calib)
+                row["modelopt"] = {**kl(built), "stored_bytes": sum(lay.stored for lay in ml)}
+                del built
+            record(key, row)
+    print(report(results))
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        "| budget | plan | avg bits | bitalloc fake-quant KL | compressed-tensors KL (loader) "
+        "| torchao KL | torchao own grid KL | ModelOpt KL | predicted bytes | "
+        "checkpoint bytes (- weight_shape) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        who, _, budget = key.partition(" @ ")
+        c = r["compressed-tensors"]
+        mo_kl = r["modelopt"].get("kl")
+        lines.append(
+            f"| {budget} | {who} | {r['avg_bits']:.3f} | {r['fake_quant']['kl']:.4f} | "
+            f"{c['kl']:.4f} ({c['loader']}) | {r['torchao']['kl']:.4f} | "
+            f"{r['torchao-own']['kl']:.4f} | "
+            f"{'—' if mo_kl is None else f'{mo_kl:.4f}'} | {r['predicted_bytes']:,} | "
+            f"{c['stored_bytes'] - c['weight_shape_bytes']:,} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
