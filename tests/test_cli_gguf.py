@@ -67,3 +67,51 @@ def test_search_for_llama_cpp_then_build_the_gguf(gguf_llama_dir, tmp_path, caps
     assert "imatrix" in text and out.is_file()
     assert main(["gguf", str(plan), "-o", str(tmp_path)]) == 2  # a folder: refused up front
     assert "is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_search_a_whole_file_budget_then_build_it(gguf_llama_dir, tmp_path, capsys) -> None:
+    from bitalloc.backends.export import gguf as G
+
+    source = gguf_llama_dir / "model-f32.gguf"
+    if not source.is_file():
+        G.float_gguf(gguf_llama_dir, source)
+    plan = tmp_path / "plan.json"
+    whole = 9_600_000
+    flags = ["--file-bytes", str(whole), "--float", str(source), "--embedding-type", "q4_0"]
+    assert main(search(gguf_llama_dir, plan, *flags)) == 0
+    gguf = json.loads(plan.read_text())["meta"]["gguf"]
+    assert gguf["embedding_type"] == "q4_0" and gguf["file_bytes"] == whole
+    sol = Solution.load(plan)
+    assert gguf["fixed_bytes"] + sol.nbytes <= whole
+    capsys.readouterr()
+    out = tmp_path / "model.gguf"
+    assert main(["gguf", str(plan), "-o", str(out), "--float", str(source)]) == 0
+    text = capsys.readouterr().out
+    size = G.file_bytes(out)
+    assert f"({size:,} bytes; predicted {size:,})" in text and "MISMATCH" not in text
+    assert size <= whole and G.tensors(out)["token_embd.weight"].type == "Q4_0"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--file-bytes", "9e6", "--target", "compressed-tensors"],
+            "use it with --target llama.cpp",
+        ),
+        (["--avg-bits", "5", "--embedding-type", "q4_0"], "price a whole GGUF: use --file-bytes"),
+        (["--file-bytes", "9e6", "--embedding-type", "q9_k"], "q9_k"),
+        (["--file-bytes", "9e6", "--avg-bits", "4"], "give exactly one of"),
+        (["--file-bytes", "9e6", "--float", "missing.gguf"], "no such GGUF file"),
+    ],
+)
+def test_whole_file_flags_are_checked_before_loading(tmp_path, capsys, flags, message) -> None:
+    out = tmp_path / "plan.json"
+    args = search(tmp_path / "no-model", out)
+    if "--target" in flags:
+        i = args.index("--target")
+        del args[i : i + 2]
+    assert main([*args, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()

@@ -61,10 +61,23 @@ def load_model(name: str, lengths: Sequence[tuple[str, int]] = ()) -> tuple[Any,
 
 
 def budget_from(args: argparse.Namespace) -> Any:
+    """The ``--avg-bits`` / ``--bytes`` budget; ``None`` for ``--file-bytes`` (a whole GGUF
+    file, priced once the model is loaded: :func:`file_budget`)."""
     from ..search.budget import Budget
 
-    if (args.avg_bits is None) == (args.bytes is None):
-        raise CliError("give exactly one of --avg-bits or --bytes")
+    whole = getattr(args, "file_bytes", None)
+    given = [v for v in (args.avg_bits, args.bytes, whole) if v is not None]
+    if len(given) != 1:
+        flags = "--avg-bits or --bytes"
+        if hasattr(args, "file_bytes"):
+            flags += " or --file-bytes"
+        raise CliError(f"give exactly one of {flags}")
+    if whole is not None:
+        if getattr(args, "target", None) != "llama.cpp":
+            raise CliError("--file-bytes counts a whole GGUF file: use it with --target llama.cpp")
+        if whole <= 0:
+            raise CliError(f"--file-bytes must be positive, got {whole:g}")
+        return None
     return (
         Budget.avg_bits(args.avg_bits) if args.avg_bits is not None else Budget.bytes(args.bytes)
     )

@@ -29,10 +29,23 @@ def _model_folder(name: str) -> Path:
     return Path(name)
 
 
+def float_gguf_of(name: str) -> Path:
+    """The model's F32 GGUF, converted once by llama.cpp's converter into the cache."""
+    from ..backends.export import gguf as G
+    from ..models import cache_dir
+
+    folder = _model_folder(name)
+    source = cache_dir("gguf", Path(name).name) / "model-f32.gguf"
+    if not source.is_file():
+        print(f"converting {folder} to {source}")
+        G.float_gguf(folder, source)
+    return source
+
+
 def cmd_gguf(args: argparse.Namespace) -> int:
     from ..backends.export import EXPORTERS
     from ..backends.export import gguf as G
-    from ..models import cache_dir
+    from ..backends.export.gguf_file import predicted_file_bytes
     from ..search.solution import Solution
     from ..toolkits import llamacpp
 
@@ -67,15 +80,15 @@ def cmd_gguf(args: argparse.Namespace) -> int:
         moments = GgmlBackend(imatrix="on").quantized(model, sol.space, calib).importance
         imatrix = G.write_imatrix(G.imatrix_of(moments), out.with_suffix(".imatrix.dat"))
     if source is None:
-        folder = _model_folder(str(name))
-        source = cache_dir("gguf", Path(str(name)).name) / "model-f32.gguf"
-        if not source.is_file():
-            print(f"converting {folder} to {source}")
-            G.float_gguf(folder, source)
-    G.quantize(sol, source, out, imatrix=imatrix, embedding_type=args.embedding_type)
+        source = float_gguf_of(str(name))
+    embedding = args.embedding_type or (sol.meta.get("gguf") or {}).get("embedding_type")
+    G.quantize(sol, source, out, imatrix=imatrix, embedding_type=embedding)
     problems = G.check_bytes(sol, out)
     measured = sum(G.tensors(out)[n].nbytes for n in EXPORTERS.get("llama.cpp").types(sol))
-    print(f"GGUF written to {out} ({G.file_bytes(out):,} bytes)")
+    whole = predicted_file_bytes(sol, source, embedding_type=embedding, imatrix=imatrix)
+    if whole != G.file_bytes(out):
+        problems.append(f"whole file: predicted {whole:,} B, written {G.file_bytes(out):,} B")
+    print(f"GGUF written to {out} ({G.file_bytes(out):,} bytes; predicted {whole:,})")
     print(
         f"planned tensors: file {measured:,} bytes, plan predicted {sol.nbytes:,} bytes"
         + ("" if not problems else "  MISMATCH: " + "; ".join(problems[:5]))
@@ -91,7 +104,11 @@ def register(sub: Any) -> None:
     g.add_argument("-o", "--out", help="GGUF to write (default: PLAN.gguf)")
     g.add_argument("--model", help="override the model named in the plan")
     g.add_argument("--float", help="F32/F16 GGUF of the model (default: converted and cached)")
-    g.add_argument("--embedding-type", help="ggml type of the token embedding (default: Q8_0)")
+    g.add_argument(
+        "--embedding-type",
+        help="ggml type of the token embedding (default: the plan's, from search --file-bytes; "
+        "else Q8_0)",
+    )
     g.add_argument(
         "--imatrix",
         choices=("plan", "off"),

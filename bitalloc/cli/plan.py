@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from ..defaults import parse_tie
@@ -43,6 +44,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         from ..search.targets import get_target
 
         get_target(args.target).menu(formats)  # ValueError -> exit 2 before the model loads
+    if args.embedding_type is not None or args.float is not None:
+        if budget is not None:
+            raise CliError("--embedding-type and --float price a whole GGUF: use --file-bytes")
+        if args.embedding_type is not None:
+            from ..search.formats import QuantFormat
+
+            QuantFormat.ggml_type(args.embedding_type)  # ValueError names the valid types
+        if args.float is not None and not Path(args.float).is_file():
+            raise CliError(f"--float: no such GGUF file: {args.float}")
     check_name("estimator", args.estimator)
     if args.solver is not None:
         check_name("solver", args.solver)
@@ -61,6 +71,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     tie = parse_tie(args.tie)
     if args.channel_group is not None and args.tie == "auto":
         tie = None  # ties bind whole layers; channel groups split them
+    if budget is None:
+        budget = _file_budget(args, model, formats, calib)
     solver = None
     if args.solver is not None:
         from ..solvers import SOLVERS
@@ -95,12 +107,48 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     if sol.status is Status.INFEASIBLE:
         raise CliError(sol.message)
+    if args.file_bytes is not None:
+        import dataclasses
+
+        gguf = {
+            "embedding_type": args.embedding_type or "q8_0",
+            "file_bytes": int(args.file_bytes),
+            "fixed_bytes": int(budget.fixed),
+        }
+        sol = dataclasses.replace(sol, meta={**sol.meta, "gguf": gguf})
     if args.table:
         table.save(args.table)
     sol.save(args.out)
     print(sol.summary())
     print(f"plan written to {args.out}")
     return 0
+
+
+def _file_budget(args: argparse.Namespace, model: Any, formats: Any, calib: Any) -> Any:
+    """``--file-bytes``: the whole GGUF file llama-quantize will write (header with a reserved
+    imatrix path when calibration feeds the ggml backend's imatrix, the token embedding at
+    ``--embedding-type``, norms), of which the searched tensors get the rest."""
+    from ..backends.export.gguf_file import file_budget, reserved_imatrix_keys
+    from ..search.space import SearchSpace
+    from .gguf import float_gguf_of
+
+    source = Path(args.float) if args.float else float_gguf_of(args.model)
+    probe = SearchSpace.from_model(
+        model,
+        formats,
+        include=args.include or (),
+        exclude=args.exclude,
+        tie=None,
+        target=args.target,
+    )
+    imatrix = reserved_imatrix_keys(len(probe)) if calib is not None else None
+    return file_budget(
+        args.file_bytes,
+        source,
+        probe,
+        embedding_type=args.embedding_type,
+        imatrix=imatrix,
+    )
 
 
 def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,6 +298,17 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--avg-bits", type=float, help="budget: effective bits per weight")
     s.add_argument("--bytes", type=float, help="budget: total bytes of the searched weights")
+    s.add_argument(
+        "--file-bytes",
+        type=float,
+        help="budget (--target llama.cpp): bytes of the whole GGUF file, header, token "
+        "embedding and norms included",
+    )
+    s.add_argument(
+        "--embedding-type",
+        help="with --file-bytes: ggml type of the token embedding in the file (default q8_0)",
+    )
+    s.add_argument("--float", help="with --file-bytes: the model's F32 GGUF (default: converted)")
     s.add_argument(
         "--formats",
         help=f"comma-separated format keys (default: {','.join(DEFAULT_FORMATS)}; "

@@ -37,7 +37,8 @@ class BudgetKind(str, Enum):
     AVG_BITS = "avg_bits"
     """Effective bits per weight (all overheads counted), averaged over the searched units."""
     BYTES = "bytes"
-    """Total stored bytes of the searched units."""
+    """Total stored bytes of the searched units, plus ``fixed`` bytes outside them (a whole
+    file: embeddings, norms, header)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +206,21 @@ class LinearConstraint:
 class Budget:
     """An upper bound on the memory of the searched units, plus optional linear rows.
 
+    A byte budget can count a whole artifact: ``fixed`` bytes are stored whatever the plan
+    (the token embedding and norms a GGUF file holds, its header), so the searched units get
+    ``value - fixed``. A budget below ``fixed`` is infeasible (a result with a message).
+
     Example:
         >>> Budget.avg_bits(3.0).capacity_bits(space) == 3.0 * space.numel
+        True
+        >>> Budget.bytes(80e6, fixed=21e6).capacity_bits(space) == 59e6 * 8
         True
     """
 
     kind: BudgetKind
     value: float
     constraints: tuple[LinearConstraint, ...] = ()
+    fixed: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", BudgetKind(self.kind))
@@ -223,6 +231,12 @@ class Budget:
             raise ValueError(f"`avg_bits` must be in (0, {MAX_AVG_BITS:g}], got {v!r}")
         if self.kind is BudgetKind.BYTES and v <= 0:
             raise ValueError(f"`bytes` must be positive, got {v!r}")
+        fixed = _finite(self.fixed, "fixed")
+        if fixed < 0:
+            raise ValueError(f"`fixed` must be >= 0 bytes, got {self.fixed!r}")
+        if fixed and self.kind is not BudgetKind.BYTES:
+            raise ValueError("`fixed` bytes apply to byte budgets only (Budget.bytes)")
+        object.__setattr__(self, "fixed", fixed)
         cons = tuple(self.constraints)
         for c in cons:
             if not isinstance(c, LinearConstraint):
@@ -241,9 +255,12 @@ class Budget:
         return cls(BudgetKind.AVG_BITS, float(bits), tuple(constraints))
 
     @classmethod
-    def bytes(cls, nbytes: float, constraints: Iterable[LinearConstraint] = ()) -> Budget:
-        """At most ``nbytes`` stored bytes in total."""
-        return cls(BudgetKind.BYTES, float(nbytes), tuple(constraints))
+    def bytes(
+        cls, nbytes: float, constraints: Iterable[LinearConstraint] = (), *, fixed: float = 0
+    ) -> Budget:
+        """At most ``nbytes`` stored bytes in total; ``fixed`` of them are outside the searched
+        units (the whole file: see :func:`bitalloc.backends.export.gguf.file_budget`)."""
+        return cls(BudgetKind.BYTES, float(nbytes), tuple(constraints), float(fixed))
 
     def with_constraints(self, *constraints: LinearConstraint) -> Budget:
         """This budget with ``constraints`` added to its rows."""
@@ -253,11 +270,14 @@ class Budget:
         """The memory budget in bits for ``space``."""
         if self.kind is BudgetKind.AVG_BITS:
             return self.value * space.numel
-        return self.value * 8.0
+        return (self.value - self.fixed) * 8.0
 
     def from_bits(self, bits: float, space: SearchSpace) -> float:
-        """Express a bit count in this budget's unit (avg bits or bytes)."""
-        return bits / space.numel if self.kind is BudgetKind.AVG_BITS else bits / 8.0
+        """Express the searched units' bit count in this budget's unit (avg bits, or bytes
+        including ``fixed``)."""
+        if self.kind is BudgetKind.AVG_BITS:
+            return bits / space.numel
+        return bits / 8.0 + self.fixed
 
     def residual(self, solution: Solution) -> float:
         """Memory budget left over by ``solution`` in bits (>= 0 when it fits)."""
@@ -278,10 +298,14 @@ class Budget:
             if self.kind is BudgetKind.AVG_BITS
             else f"{self.value:,.0f} bytes"
         )
+        if self.fixed:
+            mem += f" (whole: {self.fixed:,.0f} outside the searched units)"
         return ", ".join([mem, *(c.describe() for c in self.constraints if rows)])
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind.value, "value": self.value}
+        if self.fixed:
+            d["fixed"] = self.fixed
         if self.constraints:
             d["constraints"] = [c.to_dict() for c in self.constraints]
         return d
@@ -289,7 +313,7 @@ class Budget:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Budget:
         cons = tuple(LinearConstraint.from_dict(c) for c in d.get("constraints", ()))
-        return cls(BudgetKind(d["kind"]), float(d["value"]), cons)
+        return cls(BudgetKind(d["kind"]), float(d["value"]), cons, float(d.get("fixed", 0.0)))
 
 
 def _finite(x: Any, arg: str) -> float:
