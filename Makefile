@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bitalloc-installed
 BITS   ?= 3.0
 
-.PHONY: install demo test test-fast lint bench clean-cache llama-cpp
+.PHONY: install demo test test-fast lint bench clean-cache llama-cpp gptqmodel
 
 install: $(STAMP)
 
@@ -28,10 +28,15 @@ demo: install
 llama-cpp: install
 	$(BIN)/python -m bitalloc.toolkits.llamacpp build
 
-test: install llama-cpp
+# GPTQModel in its own venv (it needs torch 2.14.1 and torchvision), once per machine, into
+# $$BITALLOC_GPTQMODEL (default: the bitalloc cache)
+gptqmodel: install
+	$(BIN)/python -m bitalloc.toolkits.gptqmodel build
+
+test: install llama-cpp gptqmodel
 	$(BIN)/python -m pytest -q
 
-test-fast: install llama-cpp
+test-fast: install llama-cpp gptqmodel
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # ruff (lint + format) on everything; mypy on the torch-free core types and solvers

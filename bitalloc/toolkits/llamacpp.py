@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -30,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..models.cache import cache_dir
-from ..search._io import file_mode
+from .process import ToolFailed, ToolkitMissing, produce, run
 
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
@@ -51,16 +50,7 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_SERVER=OFF",
 )
-TAIL_LINES = 20
 MAKE_HINT = "run `make llama-cpp` (builds llama.cpp from the llama-cpp-python sdist, once)"
-
-
-class ToolkitMissing(RuntimeError):
-    """llama.cpp is not built here; the message names the make target that builds it."""
-
-
-class ToolFailed(RuntimeError):
-    """A llama.cpp tool exited non-zero; the message ends with its last output lines."""
 
 
 def home() -> Path:
@@ -126,61 +116,6 @@ def converter() -> Path:
 
 
 # ---------------------------------------------------------------------- running
-def run(
-    argv: Sequence[str | os.PathLike[str]], *, timeout: float = 3600.0, env: dict | None = None
-) -> str:
-    """Run ``argv`` and return its combined output; :class:`ToolFailed` with the last
-    :data:`TAIL_LINES` lines when it exits non-zero, cannot start or times out."""
-    cmd = [str(a) for a in argv]
-    name = Path(cmd[0]).name if cmd else "?"
-    try:
-        proc = subprocess.run(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            env=None if env is None else {**os.environ, **env},
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        out = e.output if isinstance(e.output, str) else (e.output or b"").decode(errors="replace")
-        raise ToolFailed(
-            f"{name} timed out after {timeout:g} s; last lines:\n{_tail(out)}"
-        ) from None
-    except OSError as e:
-        raise ToolFailed(f"{name} could not start: {e}") from None
-    if proc.returncode != 0:
-        raise ToolFailed(
-            f"{name} exited with {proc.returncode}; last lines:\n{_tail(proc.stdout)}"
-        )
-    return proc.stdout
-
-
-def _tail(text: str, n: int = TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-n:])
-
-
-def produce(out: str | os.PathLike[str], make: Callable[[Path], object]) -> Path:
-    """Call ``make(tmp)`` for a temporary path beside ``out``; move it onto ``out`` only when
-    it returns and the file exists. Nothing is left behind when it raises."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        make(tmp)
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise ToolFailed(f"the tool wrote nothing to {out.name}")
-        os.chmod(tmp, file_mode(out))  # mkstemp makes 0600: keep the file's or umask's mode
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
 def convert_hf(
     model_dir: str | os.PathLike[str], out: str | os.PathLike[str], outtype: str = "f32"
 ) -> Path:

@@ -15,14 +15,17 @@ Runtime rules: ``backend="gptq"`` (vLLM ``gptq`` kernels: 2/3/4/8 bits, any grou
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
 from . import EXPORTERS
-from .base import ExportViolations, fused_name, name_patterns
+from .base import ExportViolations, LayerBytes, fused_name, name_patterns, tensor_bytes
 from .rules import RuleExporter, Rules
 
 GPTQ_BACKENDS = ("gptq", "gptq_marlin")
@@ -95,3 +98,79 @@ class GPTQModelExporter(RuleExporter):
 
 def _args(fmt: QuantFormat) -> dict[str, Any]:
     return {"bits": fmt.bits, "group_size": fmt.group_size or -1, "sym": fmt.symmetric}
+
+
+@dataclass(frozen=True)
+class GptqModelRun:
+    """What GPTQModel built from a plan: its checkpoint folder, the float model with every
+    quantized layer's weight replaced by GPTQModel's dequantized one, the logits of
+    GPTQModel's own forward on the probe ids, and the bytes per layer in its checkpoint
+    (``qweight``, ``qzeros``, ``scales``, ``g_idx``)."""
+
+    folder: Path
+    model: Any
+    logits: Any
+    probe_ids: Any
+    layers: list[LayerBytes]
+
+
+def quantize_model(
+    model: Any,
+    solution: Solution,
+    calib: Any,
+    tokenizer: Any,
+    folder: str | os.PathLike[str],
+    *,
+    probe_ids: Any = None,
+) -> GptqModelRun:
+    """Quantize ``model`` per ``solution`` with GPTQModel's own GPTQ (in its venv: ``make
+    gptqmodel``) from the exported config, on ``calib``'s batches; the checkpoint goes to
+    ``folder``. Raises ``ExportViolations`` before any work when the plan breaks the rules."""
+    import copy
+    import tempfile
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ...toolkits import gptqmodel as toolkit
+
+    config = GPTQModelExporter().render(solution)
+    toolkit.python()  # ToolkitMissing names `make gptqmodel` before any work
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"`folder` {folder} exists; GPTQModel writes a new checkpoint")
+    ids = probe_ids if probe_ids is not None else calib.batches[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "float"
+        model.save_pretrained(src)
+        tokenizer.save_pretrained(src)
+        batches = {f"batch_{i:04d}": b.long().contiguous() for i, b in enumerate(calib.batches)}
+        save_file({**batches, "__probe_ids__": ids.long().clone()}, str(Path(tmp) / "c"))
+        probe = Path(tmp) / "probe.safetensors"
+        stage = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            toolkit.quantize(src, config, Path(tmp) / "c", stage, probe)
+            os.replace(stage, folder)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        got = load_file(str(probe))
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for u, fmt in zip(solution.space.units, solution.formats):
+            if not fmt.is_float:
+                out.get_submodule(u.fqn).weight.copy_(got[u.fqn])
+    stored: dict[str, int] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                layer, _, part = name.rpartition(".")
+                if part in ("qweight", "qzeros", "scales", "g_idx"):
+                    stored[layer] = stored.get(layer, 0) + tensor_bytes(st.get_tensor(name))
+    layers = [
+        LayerBytes(u.fqn, fmt.key, fmt.nbytes(u.shape), stored[u.fqn])
+        for u, fmt in zip(solution.space.units, solution.formats)
+        if not fmt.is_float
+    ]
+    return GptqModelRun(folder, out.eval(), got["__logits__"], ids, layers)

@@ -1,0 +1,94 @@
+"""GPTQModel's own GPTQ from bitalloc's export, in its own venv (``make gptqmodel``; ``make
+test`` builds it, never skipped): every layer is stored at its planned bits and group, the
+checkpoint's bytes are the plan's plus GPTQ's layout (``g_idx``, zero points kept for symmetric
+grids), and the weights it dequantizes compute what its own forward computes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from bitalloc.backends import BACKENDS
+from bitalloc.backends.export import EXPORTERS, ExportViolations
+from bitalloc.backends.export.gptqmodel import quantize_model
+from bitalloc.search.calibration import Calibration
+from bitalloc.search.solution import Solution, Status
+from bitalloc.search.space import SearchSpace
+
+pytestmark = pytest.mark.slow
+
+MENU = ["int2-g32", "int3-g32", "int4-g32", "int4-g64-sym", "int8-g32", "bf16"]
+
+
+def _sqnr(ref, x) -> float:
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum()))
+
+
+@pytest.fixture(scope="module")
+def float_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_gptqmodel_stores_every_layer_as_planned(float_model, tmp_path) -> None:
+    model, tok = float_model
+    space = SearchSpace.from_model(model, MENU, tie=None)
+    rng = random.Random(3)
+    raw = Solution(space, tuple(rng.choice(u.allowed) for u in space.units), Status.FEASIBLE)
+    plan = EXPORTERS.get("gptqmodel").fix(raw)
+    assert len({f.bits for f in plan.formats if not f.is_float}) >= 2
+    gen = torch.Generator().manual_seed(0)
+    calib = Calibration(
+        batches=tuple(torch.randint(0, 200, (1, 32), generator=gen) for _ in range(8)), name="r"
+    )
+    run = quantize_model(model, plan, calib, tok, tmp_path / "gq")
+    assert (run.folder / "config.json").is_file()
+    by_name = {lay.name: lay for lay in run.layers}
+    handle = BACKENDS.get("rtn").apply(model, plan)
+    try:
+        minmax = {u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in space.units}
+    finally:
+        handle.restore()
+    for u, fmt in zip(plan.space.units, plan.formats):
+        if fmt.is_float:
+            assert u.fqn not in by_name
+            continue
+        rows, cols = u.shape
+        groups = cols // (fmt.group_size or cols)
+        zeros = rows * groups * fmt.bits // 8 if fmt.symmetric else 0  # GPTQ keeps qzeros
+        assert by_name[u.fqn].stored == by_name[u.fqn].planned + 4 * cols + zeros, u.fqn
+        w = model.get_submodule(u.fqn).weight.detach()
+        theirs = run.model.get_submodule(u.fqn).weight.detach()
+        # GPTQ trades weight error for output error: 2-3 dB under min-max rounding, measured
+        assert _sqnr(w, theirs) >= _sqnr(w, minmax[u.fqn]) - 4.0, (u.fqn, fmt.key)
+    with torch.no_grad():
+        ours = run.model(run.probe_ids).logits
+    assert _sqnr(run.logits, ours) > 25  # GPTQModel's forward (bf16) on its own weights
+
+
+def test_gptqmodel_refuses_what_it_cannot_store(float_model, tmp_path) -> None:
+    model, tok = float_model
+    space = SearchSpace.from_model(model, ["int5-g32"], tie=None)
+    plan = Solution(space, ("int5-g32",) * len(space), Status.FEASIBLE)
+    calib = Calibration(batches=(torch.zeros(1, 8, dtype=torch.long),), name="z")
+    with pytest.raises(ExportViolations, match="GPTQ"):
+        quantize_model(model, plan, calib, tok, tmp_path / "gq")
+    assert not (tmp_path / "gq").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_gptqmodel_venv_names_the_make_target(float_model, tmp_path, monkeypatch):
+    from bitalloc.toolkits.process import ToolkitMissing
+
+    model, tok = float_model
+    monkeypatch.setenv("BITALLOC_GPTQMODEL", str(tmp_path / "nothing"))
+    space = SearchSpace.from_model(model, ["int4-g32"], tie=None)
+    plan = Solution(space, ("int4-g32",) * len(space), Status.FEASIBLE)
+    calib = Calibration(batches=(torch.zeros(1, 8, dtype=torch.long),), name="z")
+    with pytest.raises(ToolkitMissing, match="make gptqmodel"):
+        quantize_model(model, plan, calib, tok, tmp_path / "gq")
+    assert not (tmp_path / "gq").exists()
