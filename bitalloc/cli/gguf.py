@@ -84,7 +84,8 @@ def cmd_gguf(args: argparse.Namespace) -> int:
     embedding = args.embedding_type or (sol.meta.get("gguf") or {}).get("embedding_type")
     G.quantize(sol, source, out, imatrix=imatrix, embedding_type=embedding)
     problems = G.check_bytes(sol, out)
-    measured = sum(G.tensors(out)[n].nbytes for n in EXPORTERS.get("llama.cpp").types(sol))
+    held = G.tensors(out)  # read once: gguf-py parses the whole tokenizer each time
+    measured = sum(held[n].nbytes for n in EXPORTERS.get("llama.cpp").types(sol))
     whole = predicted_file_bytes(sol, source, embedding_type=embedding, imatrix=imatrix)
     if whole != G.file_bytes(out):
         problems.append(f"whole file: predicted {whole:,} B, written {G.file_bytes(out):,} B")
