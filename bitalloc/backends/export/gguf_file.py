@@ -31,6 +31,7 @@ from ...search.space import SearchSpace
 from .llamacpp import gguf_name
 
 _U32 = 4
+_MAGIC = 4  # b"GGUF"
 PATH_RESERVE = 255  # imatrix path bytes a search reserves before the file's path is known
 
 
@@ -80,9 +81,10 @@ def reserved_imatrix_keys(entries: int, dataset: str = "bitalloc") -> dict[str, 
 
 
 def _header(reader: Any) -> int:
-    """Unpadded header bytes of a GGUF file (magic, counts, key-values, tensor infos)."""
+    """Unpadded header bytes of a GGUF file: the 4-byte magic (gguf-py keeps no field for it),
+    version and counts, key-values, tensor infos."""
     fields = sum(sum(p.nbytes for p in f.parts) for f in reader.fields.values())
-    return fields + sum(sum(p.nbytes for p in t.field.parts) for t in reader.tensors)
+    return _MAGIC + fields + sum(sum(p.nbytes for p in t.field.parts) for t in reader.tensors)
 
 
 def _planned(names: Iterable[str], arch: str) -> set[str]:
