@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bitalloc-installed
 BITS   ?= 3.0
 
-.PHONY: install demo test test-fast lint bench clean-cache llama-cpp gptqmodel
+.PHONY: install demo test test-fast lint bench clean-cache llama-cpp gptqmodel llm-compressor
 
 install: $(STAMP)
 
@@ -33,10 +33,14 @@ llama-cpp: install
 gptqmodel: install
 	$(BIN)/python -m bitalloc.toolkits.gptqmodel build
 
-test: install llama-cpp gptqmodel
+# llm-compressor in its own venv (it pins transformers <= 5.17), once per machine
+llm-compressor: install
+	$(BIN)/python -m bitalloc.toolkits.llmcompressor build
+
+test: install llama-cpp gptqmodel llm-compressor
 	$(BIN)/python -m pytest -q
 
-test-fast: install llama-cpp gptqmodel
+test-fast: install llama-cpp gptqmodel llm-compressor
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # ruff (lint + format) on everything; mypy on the torch-free core types and solvers

@@ -275,3 +275,55 @@ def _tied(model: nn.Module) -> set[str]:
             tied.add(name)
         seen.setdefault(t.data_ptr(), name)
     return tied
+
+
+def oneshot_checkpoint(
+    model: nn.Module,
+    solution: Solution,
+    calib: Any,
+    tokenizer: Any,
+    folder: str | os.PathLike[str],
+    *,
+    modifier: str = "gptq",
+    runtime: str = "vllm",
+) -> list[LayerBytes]:
+    """The checkpoint llm-compressor's own ``oneshot`` writes for ``solution``: the exported
+    ``config_groups``/``ignore`` as a ``GPTQModifier`` (``modifier="gptq"``) or
+    ``QuantizationModifier`` (``"rtn"``: min-max) recipe, run in llm-compressor's venv (``make
+    llm-compressor``) on ``calib``'s batches. Load it with :func:`load_checkpoint`; returns
+    the planned and stored bytes per quantized layer."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from ...toolkits import llmcompressor
+
+    exporter = CompressedTensorsExporter(runtime=runtime)
+    config = exporter.render(solution)  # ExportViolations before any work
+    if modifier not in llmcompressor.MODIFIERS:
+        raise ValueError(f"`modifier` must be one of {llmcompressor.MODIFIERS}, got {modifier!r}")
+    llmcompressor.python()  # ToolkitMissing names `make llm-compressor` before any work
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"`folder` {folder} exists; llm-compressor writes a new checkpoint")
+    planned = {
+        u.fqn: (f.key, f.nbytes(u.shape))
+        for u, f in zip(solution.space.units, solution.formats)
+        if not f.is_float
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "float"
+        model.save_pretrained(src)
+        tokenizer.save_pretrained(src)
+        batches = {f"batch_{i:04d}": b.long().clone() for i, b in enumerate(calib.batches)}
+        save_file(batches, str(Path(tmp) / "calib.safetensors"))
+        stage = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            llmcompressor.oneshot(
+                src, config, Path(tmp) / "calib.safetensors", stage, modifier=modifier
+            )
+            os.replace(stage, folder)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return _compare(planned, stored_bytes(folder))
