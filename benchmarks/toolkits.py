@@ -22,6 +22,9 @@ toolkits' own code and measured on held-out Wikipedia (KL to the float model per
   tensors, and with torchao's own min-max grid (``torchao-own``);
 - ``modelopt``: ``mtq.quantize`` + ``mtq.compress`` from the export (deploy plans only:
   int4 g64/g128 and int8 per channel, symmetric), ModelOpt's own max-calibrated grid;
+- ``llm-compressor``: its own ``oneshot`` (``GPTQModifier`` by default) with the exported
+  ``config_groups`` as the recipe, in its venv (``make llm-compressor``): for the uniform row
+  that is llm-compressor's own uniform recipe;
 
 beside ``bitalloc fake-quant``, the backend's own ``W_hat`` (the gap to it is the export's).
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,12 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=16)
     p.add_argument("--windows", type=int, default=8)
     p.add_argument("--out", default="runs/toolkits")
+    p.add_argument(
+        "--llm-compressor",
+        default="gptq",
+        choices=("gptq", "rtn", "off"),
+        help="also run llm-compressor's oneshot on every plan (after `make llm-compressor`)",
+    )
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +146,31 @@ def main() -> None:
                 row["modelopt"] = {**kl(built), "stored_bytes": sum(lay.stored for lay in ml)}
                 del built
             record(key, row)
+        if args.llm_compressor != "off":
+            for who in plans:
+                key = f"{who} @ {budget}"
+                if "llm-compressor" in results.get(key, {}):
+                    continue
+                plan = Solution.load(out / f"plan-{who}-{budget}.json")
+                folder = out / f"llmc-{args.llm_compressor}-{who}-{budget}"
+                shutil.rmtree(folder, ignore_errors=True)
+                t0 = time.perf_counter()
+                layers = ct.oneshot_checkpoint(
+                    model, plan, calib, tok, folder, modifier=args.llm_compressor
+                )
+                loaded = ct.load_checkpoint(folder)
+                record(
+                    key,
+                    {
+                        "llm-compressor": {
+                            **kl(loaded),
+                            "modifier": args.llm_compressor,
+                            "stored_bytes": sum(lay.stored for lay in layers),
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    },
+                )
+                del loaded
     print(report(results))
 
 
