@@ -64,7 +64,8 @@ def quantize(
     cfg = Path(out).with_name(Path(out).name + ".config.json")
     cfg.write_text(json.dumps(config))
     try:
-        return TOOLKIT.run_worker(WORKER, [model_dir, cfg, calib, out, probe], timeout=timeout)
+        paths = [Path(p) for p in (model_dir, cfg, calib, out, probe)]
+        return TOOLKIT.run_worker(WORKER, paths, timeout=timeout)
     finally:
         cfg.unlink(missing_ok=True)
 

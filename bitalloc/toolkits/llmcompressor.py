@@ -61,7 +61,8 @@ def oneshot(
     cfg = Path(out).with_name(Path(out).name + ".config.json")
     cfg.write_text(json.dumps(config))
     try:
-        return TOOLKIT.run_worker(WORKER, [model_dir, cfg, calib, out, modifier], timeout=timeout)
+        paths: list[object] = [Path(p) for p in (model_dir, cfg, calib, out)]
+        return TOOLKIT.run_worker(WORKER, [*paths, modifier], timeout=timeout)
     finally:
         cfg.unlink(missing_ok=True)
 

@@ -23,7 +23,11 @@ class ToolFailed(RuntimeError):
 
 
 def run(
-    argv: Sequence[str | os.PathLike[str]], *, timeout: float = 3600.0, env: dict | None = None
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float = 3600.0,
+    env: dict | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> str:
     """Run ``argv`` and return its combined output; :class:`ToolFailed` with the last
     :data:`TAIL_LINES` lines when it exits non-zero, cannot start or times out."""
@@ -38,6 +42,7 @@ def run(
             errors="replace",
             timeout=timeout,
             env=None if env is None else {**os.environ, **env},
+            cwd=cwd,
             check=False,
         )
     except subprocess.TimeoutExpired as e:

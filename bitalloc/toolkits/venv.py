@@ -71,10 +71,15 @@ class VenvToolkit:
         return root
 
     def run_worker(self, worker: Path, args: Sequence[object], *, timeout: float) -> str:
-        """``python -I WORKER ARGS...`` in the venv; its combined output."""
+        """``python -I WORKER ARGS...`` in the venv, in a scratch folder (toolkits write logs
+        into their working folder); path arguments are made absolute. Its combined output."""
+        import tempfile
+
         exe = self.python()
         env = dict(self.worker_env) or None
-        return run([exe, "-I", worker, *args], timeout=timeout, env=env)
+        argv = [Path(a).absolute() if isinstance(a, Path) else a for a in args]
+        with tempfile.TemporaryDirectory(prefix=f"{self.name}-") as scratch:
+            return run([exe, "-I", worker, *argv], timeout=timeout, env=env, cwd=scratch)
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """``build [--force]`` / ``where`` (the module's command line)."""
