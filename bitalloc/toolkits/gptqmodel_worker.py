@@ -23,6 +23,9 @@ def main(model_dir, config, calib, out, probe):
         sym=cfg["sym"],
         desc_act=cfg.get("desc_act", False),
         dynamic=cfg.get("dynamic") or None,
+        # GPTQModel's group-aware reordering (on by default) refuses per-channel layers
+        # (group_size -1); the exported config is plain GPTQ without act-order
+        act_group_aware=False,
     )
     data = load_file(calib)
     batches = [data[k] for k in sorted(k for k in data if k.startswith("batch_"))]
