@@ -197,3 +197,23 @@ def plan_calibration(tok: Any, sol: Any, backend: Any, args: argparse.Namespace)
     if name in ("gptq",) or getattr(backend, "quantizer", "") == "gptq":
         return calibration(tok, args.n_samples, args.seq_len)
     return None
+
+
+def feasible_plan(path: str) -> Any:
+    """The plan at ``path``; a :class:`CliError` when it has no formats (infeasible)."""
+    from ..search.solution import Solution
+
+    sol = Solution.load(path)
+    if not sol.success:
+        raise CliError(f"plan {path!r} has status {sol.status.value}: {sol.message}")
+    return sol
+
+
+def refuse_violations(command: str, target: str, bad: Sequence[Any], search_target: str) -> int:
+    """Print every rule the plan breaks (``bitalloc COMMAND``) with the way out, to stderr;
+    the exit code for bad input."""
+    print(f"bitalloc {command}: the plan breaks {len(bad)} rule(s) of {target}:", file=sys.stderr)
+    for v in bad:
+        print(f"  {v}", file=sys.stderr)
+    print(f"search with --target {search_target}, or `bitalloc export --fix`", file=sys.stderr)
+    return EXIT_BAD_INPUT

@@ -10,37 +10,31 @@ bytes in the file are checked against the plan (the 16-byte ``weight_shape`` per
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_BAD_INPUT, CliError, check_output_dir, load_model, plan_calibration
+from ._common import (
+    CliError,
+    check_output_dir,
+    feasible_plan,
+    load_model,
+    plan_calibration,
+    refuse_violations,
+)
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from ..backends.export import EXPORTERS
     from ..backends.export import ct_checkpoint as ct
     from ..search.api import plan_backend
-    from ..search.solution import Solution
 
-    sol = Solution.load(args.plan)
-    if not sol.success:
-        raise CliError(f"plan {args.plan!r} has status {sol.status.value}: {sol.message}")
+    sol = feasible_plan(args.plan)
     out = Path(args.out or Path(args.plan).with_suffix(""))
     check_output_dir(str(out), "-o/--out")
     bad = EXPORTERS.get("compressed-tensors", runtime=args.runtime).check(sol)
     if bad:
-        print(
-            f"bitalloc checkpoint: the plan breaks {len(bad)} rule(s) of compressed-tensors "
-            f"on {args.runtime}:",
-            file=sys.stderr,
-        )
-        for v in bad:
-            print(f"  {v}", file=sys.stderr)
-        print(
-            "search with --target compressed-tensors, or `bitalloc export --fix`", file=sys.stderr
-        )
-        return EXIT_BAD_INPUT
+        target = f"compressed-tensors on {args.runtime}"
+        return refuse_violations("checkpoint", target, bad, "compressed-tensors")
     backend = plan_backend(sol) if args.quantizer == "plan" else args.quantizer
     name = backend if isinstance(backend, str) else getattr(type(backend), "name", "")
     if name not in ("rtn", "gptq"):

@@ -10,11 +10,10 @@ the file are checked against the plan. Needs ``make llama-cpp``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_BAD_INPUT, CliError, check_output, load_model
+from ._common import CliError, check_output, feasible_plan, load_model, refuse_violations
 
 
 def _model_folder(name: str) -> Path:
@@ -46,21 +45,14 @@ def cmd_gguf(args: argparse.Namespace) -> int:
     from ..backends.export import EXPORTERS
     from ..backends.export import gguf as G
     from ..backends.export.gguf_file import predicted_file_bytes
-    from ..search.solution import Solution
     from ..toolkits import llamacpp
 
-    sol = Solution.load(args.plan)
-    if not sol.success:
-        raise CliError(f"plan {args.plan!r} has status {sol.status.value}: {sol.message}")
+    sol = feasible_plan(args.plan)
     out = Path(args.out or Path(args.plan).with_suffix(".gguf"))
     check_output(str(out), "-o/--out")
     bad = EXPORTERS.get("llama.cpp").check(sol)
     if bad:
-        print(f"bitalloc gguf: the plan breaks {len(bad)} rule(s) of llama.cpp:", file=sys.stderr)
-        for v in bad:
-            print(f"  {v}", file=sys.stderr)
-        print("search with --target llama.cpp, or `bitalloc export --fix`", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return refuse_violations("gguf", "llama.cpp", bad, "llama.cpp")
     llamacpp.tool("llama-quantize")  # ToolkitMissing names `make llama-cpp` before any work
     name = args.model or sol.meta.get("model")
     if not name and not args.float:

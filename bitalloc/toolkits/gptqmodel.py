@@ -13,7 +13,6 @@ the dequantized weights and the logits of its own forward.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,15 +58,8 @@ def quantize(
     ``calib``: a safetensors file of token ids ``batch_i``), save the checkpoint to ``out`` and
     write ``probe`` (safetensors: the dequantized weights of every quantized layer and
     ``__logits__`` of GPTQModel's own forward on ``__probe_ids__`` read from ``calib``)."""
-    TOOLKIT.python()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    cfg = Path(out).with_name(Path(out).name + ".config.json")
-    cfg.write_text(json.dumps(config))
-    try:
-        paths = [Path(p) for p in (model_dir, cfg, calib, out, probe)]
-        return TOOLKIT.run_worker(WORKER, paths, timeout=timeout)
-    finally:
-        cfg.unlink(missing_ok=True)
+    paths = [Path(p) for p in (model_dir, calib, out, probe)]
+    return TOOLKIT.run_worker(WORKER, paths, config=config, timeout=timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Run inside GPTQModel's venv (:mod:`bitalloc.toolkits.gptqmodel`), never imported by
-bitalloc: ``python gptqmodel_worker.py MODEL_DIR CONFIG.json CALIB.safetensors OUT PROBE``.
+bitalloc: ``python gptqmodel_worker.py CONFIG.json MODEL_DIR CALIB.safetensors OUT PROBE``.
 
 Quantizes MODEL_DIR with GPTQModel and the ``quantization_config`` in CONFIG.json on the token
 batches ``batch_i`` of CALIB, saves the checkpoint to OUT, loads it back with GPTQModel on the
@@ -15,7 +15,7 @@ from gptqmodel import GPTQModel, QuantizeConfig
 from safetensors.torch import load_file, save_file
 
 
-def main(model_dir, config, calib, out, probe):
+def main(config, model_dir, calib, out, probe):
     cfg = json.load(open(config))
     qc = QuantizeConfig(
         bits=cfg["bits"],

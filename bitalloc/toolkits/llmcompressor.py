@@ -12,7 +12,6 @@ save_compressed=True)``: a compressed-tensors checkpoint bitalloc loads and meas
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,15 +55,8 @@ def oneshot(
     file ``calib``; the compressed checkpoint is written to ``out``."""
     if modifier not in MODIFIERS:
         raise ValueError(f"`modifier` must be one of {MODIFIERS}, got {modifier!r}")
-    TOOLKIT.python()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    cfg = Path(out).with_name(Path(out).name + ".config.json")
-    cfg.write_text(json.dumps(config))
-    try:
-        paths: list[object] = [Path(p) for p in (model_dir, cfg, calib, out)]
-        return TOOLKIT.run_worker(WORKER, [*paths, modifier], timeout=timeout)
-    finally:
-        cfg.unlink(missing_ok=True)
+    paths: list[object] = [Path(p) for p in (model_dir, calib, out)]
+    return TOOLKIT.run_worker(WORKER, [*paths, modifier], config=config, timeout=timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Run inside llm-compressor's venv (:mod:`bitalloc.toolkits.llmcompressor`), never imported
-by bitalloc: ``python llmcompressor_worker.py MODEL_DIR CONFIG.json CALIB.safetensors OUT
+by bitalloc: ``python llmcompressor_worker.py CONFIG.json MODEL_DIR CALIB.safetensors OUT
 gptq|rtn``.
 
 Builds a ``GPTQModifier`` (gptq) or ``QuantizationModifier`` (rtn) from the ``config_groups``
@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
-def main(model_dir, config, calib, out, modifier):
+def main(config, model_dir, calib, out, modifier):
     qc = json.load(open(config))
     groups = {
         name: {"targets": g["targets"], "weights": g["weights"]}

@@ -5,7 +5,8 @@ once per machine and driven through a worker script run by that environment's Py
 (``python -m bitalloc.toolkits.<name> build``). The venv lives in ``$<ENV_VAR>`` (default
 ``<bitalloc cache>/<name>/<version>``); a missing one raises :class:`ToolkitMissing` naming the
 make target. Workers run with ``python -I`` (so their folder does not shadow the toolkit's own
-package) and fail with :class:`ToolFailed` and their last lines.
+package) in a scratch folder, take the job's JSON config as their first argument, and fail with
+:class:`ToolFailed` and their last lines.
 """
 
 from __future__ import annotations
@@ -70,15 +71,27 @@ class VenvToolkit:
         log(f"{self.name} {self.version} installed in {root}")
         return root
 
-    def run_worker(self, worker: Path, args: Sequence[object], *, timeout: float) -> str:
-        """``python -I WORKER ARGS...`` in the venv, in a scratch folder (toolkits write logs
-        into their working folder); path arguments are made absolute. Its combined output."""
+    def run_worker(
+        self,
+        worker: Path,
+        args: Sequence[object],
+        *,
+        config: Mapping[str, object] | None = None,
+        timeout: float,
+    ) -> str:
+        """``python -I WORKER [CONFIG.json] ARGS...`` in the venv, in a scratch folder
+        (toolkits write logs into their working folder); ``config`` is written there as JSON and
+        passed first, path arguments are made absolute. Its combined output."""
         import tempfile
 
         exe = self.python()
         env = dict(self.worker_env) or None
         argv = [Path(a).absolute() if isinstance(a, Path) else a for a in args]
         with tempfile.TemporaryDirectory(prefix=f"{self.name}-") as scratch:
+            if config is not None:
+                path = Path(scratch) / "config.json"
+                path.write_text(json.dumps(config))
+                argv.insert(0, path)
             return run([exe, "-I", worker, *argv], timeout=timeout, env=env, cwd=scratch)
 
     def main(self, argv: Sequence[str] | None = None) -> int:

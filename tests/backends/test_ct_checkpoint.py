@@ -5,7 +5,6 @@ they build computes exactly bitalloc's fake-quant of the plan, at the plan's byt
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from bitalloc.backends.export import ExportViolations
 from bitalloc.backends.export import ct_checkpoint as ct
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
+from tests.backend_helpers import random_plan
 from tests.conftest import make_tiny_llama
 from tests.search.test_search_targets import random_plans
 
@@ -28,10 +28,7 @@ def _model():
 
 
 def _plan(model, formats, seed=0):
-    space = SearchSpace.from_model(model, formats=formats, tie=None)
-    rng = random.Random(seed)
-    choice = tuple(rng.choice(u.allowed) for u in space.units)
-    return Solution(space=space, choice=choice, status=Status.FEASIBLE)
+    return random_plan(model, formats, seed, tie=None)
 
 
 def _fake_quant(model, solution, backend="rtn", calib=None):

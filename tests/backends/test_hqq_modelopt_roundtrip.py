@@ -5,8 +5,6 @@ grid of the same format."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -14,28 +12,12 @@ from bitalloc.backends import BACKENDS
 from bitalloc.backends.export import EXPORTERS, ExportViolations
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
+from tests.backend_helpers import fake_quant_weights, random_plan, sqnr_db
 from tests.conftest import make_tiny_llama
 
 
 def _plan(model, formats, target, seed=0):
-    space = SearchSpace.from_model(model, formats=formats, tie=None)
-    rng = random.Random(seed)
-    choice = tuple(rng.choice(u.allowed) for u in space.units)
-    return EXPORTERS.get(target).fix(Solution(space=space, choice=choice, status=Status.FEASIBLE))
-
-
-def _minmax(model, plan):
-    handle = BACKENDS.get("rtn").apply(model, plan)
-    try:
-        return {
-            u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in plan.space.units
-        }
-    finally:
-        handle.restore()
-
-
-def _sqnr(ref, x) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum()))
+    return EXPORTERS.get(target).fix(random_plan(model, formats, seed, tie=None))
 
 
 def test_hqq_engine_quantizes_each_tag_as_planned() -> None:
@@ -47,7 +29,7 @@ def test_hqq_engine_quantizes_each_tag_as_planned() -> None:
     plan = _plan(model, ["int2-g32", "int4-g64", "int8-g32", "bf16"], "hqq", seed=5)
     assert any(f.is_float for f in plan.formats) and not all(f.is_float for f in plan.formats)
     quantized, layers = quantize_model(model, plan)
-    ours = _minmax(model, plan)
+    ours = fake_quant_weights(model, plan)
     by_name = {lay.name: lay for lay in layers}
     for u, fmt in zip(plan.space.units, plan.formats):
         layer = quantized.get_submodule(u.fqn)
@@ -62,7 +44,7 @@ def test_hqq_engine_quantizes_each_tag_as_planned() -> None:
         assert by_name[u.fqn].stored == rows * cols * fmt.bits // 8 + 8 * groups, u.fqn
         w = model.get_submodule(u.fqn).weight.detach()
         theirs = layer.dequantize().reshape(w.shape).float()
-        assert _sqnr(w, theirs) >= _sqnr(w, ours[u.fqn]) - 0.5, u.fqn
+        assert sqnr_db(w, theirs) >= sqnr_db(w, ours[u.fqn]) - 0.5, u.fqn
     x = torch.arange(16).reshape(1, 16)
     with torch.no_grad():
         assert torch.isfinite(quantized(x).logits).all()
@@ -87,7 +69,7 @@ def test_modelopt_compress_stores_the_planned_codes() -> None:
     for lay, (u, fmt) in zip(layers, zip(plan.space.units, plan.formats)):
         # the same packed codes, one float32 scale per group where bitalloc stores fp16
         assert lay.stored == lay.planned + 2 * fmt.n_groups(u.shape), u.fqn
-    assert _sqnr(ref, logits) > 30  # ModelOpt's max-calibrated grid is bitalloc's min-max one
+    assert sqnr_db(ref, logits) > 30  # ModelOpt's max-calibrated grid is bitalloc's min-max one
 
 
 def test_modelopt_fake_quant_takes_any_symmetric_grid() -> None:
@@ -100,8 +82,8 @@ def test_modelopt_fake_quant_takes_any_symmetric_grid() -> None:
         quantize_model(model, plan)
     quantized, layers = quantize_model(model, plan, compress=False)
     assert layers == []
-    ours = _minmax(model, plan)
+    ours = fake_quant_weights(model, plan)
     for u in space.units:
         w = quantized.get_submodule(u.fqn)
         fake = w.weight_quantizer(w.weight).detach()
-        assert _sqnr(ours[u.fqn], fake) > 25, u.fqn
+        assert sqnr_db(ours[u.fqn], fake) > 25, u.fqn

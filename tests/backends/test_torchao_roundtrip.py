@@ -5,26 +5,20 @@ int8 layout exactly."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from bitalloc.backends import BACKENDS
 from bitalloc.backends.export import ExportViolations
 from bitalloc.backends.export.torchao import quantize_model
-from bitalloc.search.solution import Solution, Status
-from bitalloc.search.space import SearchSpace
+from tests.backend_helpers import random_plan, sqnr_db
 from tests.conftest import make_tiny_llama
 
 MENU = ["int2-g32", "int3-g64", "int4-g32", "int4-g32-sym", "int6-pc", "int8-pc-sym", "fp16"]
 
 
 def _plan(model, seed, formats=MENU):
-    space = SearchSpace.from_model(model, formats=formats, tie=None)
-    rng = random.Random(seed)
-    choice = tuple(rng.choice(u.allowed) for u in space.units)
-    return Solution(space=space, choice=choice, status=Status.FEASIBLE)
+    return random_plan(model, formats, seed, tie=None)
 
 
 def _bitalloc(model, plan, backend="rtn", calib=None):
@@ -41,10 +35,6 @@ def _bitalloc(model, plan, backend="rtn", calib=None):
 
 def _dense(weight):
     return weight.dequantize() if hasattr(weight, "dequantize") else weight.detach()
-
-
-def _sqnr(ref, x) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum()))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -82,8 +72,8 @@ def test_torchao_own_grid_is_the_min_max_family() -> None:
     for u, fmt in zip(plan.space.units, plan.formats):
         w = model.get_submodule(u.fqn).weight.detach()
         ours, theirs = (
-            _sqnr(w, weights[u.fqn]),
-            _sqnr(w, _dense(quantized.get_submodule(u.fqn).weight)),
+            sqnr_db(w, weights[u.fqn]),
+            sqnr_db(w, _dense(quantized.get_submodule(u.fqn).weight)),
         )
         assert abs(ours - theirs) < 1.5, (u.fqn, fmt.key, ours, theirs)
 

@@ -10,20 +10,16 @@ import random
 import pytest
 import torch
 
-from bitalloc.backends import BACKENDS
 from bitalloc.backends.export import EXPORTERS, ExportViolations
 from bitalloc.backends.export.gptqmodel import quantize_model
 from bitalloc.search.calibration import Calibration
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
+from tests.backend_helpers import fake_quant_weights, sqnr_db
 
 pytestmark = pytest.mark.slow
 
 MENU = ["int2-g32", "int3-g32", "int4-g32", "int4-g64-sym", "int8-g32", "bf16"]
-
-
-def _sqnr(ref, x) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum()))
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +44,7 @@ def test_gptqmodel_stores_every_layer_as_planned(float_model, tmp_path) -> None:
     run = quantize_model(model, plan, calib, tok, tmp_path / "gq")
     assert (run.folder / "config.json").is_file()
     by_name = {lay.name: lay for lay in run.layers}
-    handle = BACKENDS.get("rtn").apply(model, plan)
-    try:
-        minmax = {u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in space.units}
-    finally:
-        handle.restore()
+    minmax = fake_quant_weights(model, plan)
     for u, fmt in zip(plan.space.units, plan.formats):
         if fmt.is_float:
             assert u.fqn not in by_name
@@ -64,10 +56,10 @@ def test_gptqmodel_stores_every_layer_as_planned(float_model, tmp_path) -> None:
         w = model.get_submodule(u.fqn).weight.detach()
         theirs = run.model.get_submodule(u.fqn).weight.detach()
         # GPTQ trades weight error for output error: 2-3 dB under min-max rounding, measured
-        assert _sqnr(w, theirs) >= _sqnr(w, minmax[u.fqn]) - 4.0, (u.fqn, fmt.key)
+        assert sqnr_db(w, theirs) >= sqnr_db(w, minmax[u.fqn]) - 4.0, (u.fqn, fmt.key)
     with torch.no_grad():
         ours = run.model(run.probe_ids).logits
-    assert _sqnr(run.logits, ours) > 25  # GPTQModel's forward (bf16) on its own weights
+    assert sqnr_db(run.logits, ours) > 25  # GPTQModel's forward (bf16) on its own weights
 
 
 def test_gptqmodel_refuses_what_it_cannot_store(float_model, tmp_path) -> None:

@@ -8,19 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitalloc.backends import BACKENDS
 from bitalloc.backends.export import ExportViolations
 from bitalloc.backends.export import ct_checkpoint as ct
 from bitalloc.search.calibration import Calibration
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.space import SearchSpace
+from tests.backend_helpers import fake_quant_weights, sqnr_db
 from tests.search.test_search_targets import random_plans
 
 pytestmark = pytest.mark.slow
-
-
-def _sqnr(ref, x) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - x).pow(2).sum()))
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +47,11 @@ def test_oneshot_writes_the_planned_checkpoint(float_model, tmp_path, modifier, 
         assert lay.name == u.fqn
         assert lay.stored == lay.planned + ct.SHAPE_BYTES + 2 * fmt.n_groups(u.shape), u.fqn
     loaded = ct.load_checkpoint(tmp_path / "ck")
-    handle = BACKENDS.get("rtn").apply(model, plan)  # no calibration: bitalloc's min-max grid
-    try:
-        minmax = {u.fqn: model.get_submodule(u.fqn).weight.detach().clone() for u in space.units}
-    finally:
-        handle.restore()
+    minmax = fake_quant_weights(model, plan)  # no calibration: bitalloc's min-max grid
     for u, fmt in zip(plan.space.units, plan.formats):
         w = model.get_submodule(u.fqn).weight.detach()
         theirs = loaded.get_submodule(u.fqn).weight.detach()
-        assert _sqnr(w, theirs) >= _sqnr(w, minmax[u.fqn]) - slack, (u.fqn, fmt.key)
+        assert sqnr_db(w, theirs) >= sqnr_db(w, minmax[u.fqn]) - slack, (u.fqn, fmt.key)
     with torch.no_grad():
         assert torch.isfinite(loaded(torch.arange(16).reshape(1, 16)).logits).all()
 

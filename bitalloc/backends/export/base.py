@@ -17,9 +17,11 @@ Schemas and runtime rules: ``shared/reference/exports.md``.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ...search.formats import QuantFormat
@@ -194,6 +196,49 @@ class LayerBytes:
     @property
     def overhead(self) -> int:
         return self.stored - self.planned
+
+
+def run_on_saved_model(
+    model: Any,
+    tokenizer: Any,
+    calib: Any,
+    folder: str | os.PathLike[str],
+    run: Callable[[Path, Path, Path, Path], Any],
+    *,
+    tool: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:
+    """Hand a toolkit that runs in its own venv what it reads from disk, and keep only a
+    complete result: ``model`` and ``tokenizer`` saved to a scratch Hugging Face folder,
+    ``calib``'s batches (``batch_i``, plus ``extra`` tensors) in a safetensors file, then
+    ``run(model_dir, calib_file, stage, scratch)``; ``stage`` is moved onto ``folder`` only
+    when it returns. ``folder`` must not exist. Returns what ``run`` returns."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"`folder` {folder} exists; {tool} writes a new checkpoint")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        src = scratch / "float"
+        model.save_pretrained(src)
+        tokenizer.save_pretrained(src)
+        tensors = {f"batch_{i:04d}": b.long().clone() for i, b in enumerate(calib.batches)}
+        tensors.update({k: v.clone() for k, v in (extra or {}).items()})
+        data = scratch / "calib.safetensors"
+        save_file(tensors, str(data))
+        stage = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            result = run(src, data, stage, scratch)
+            os.replace(stage, folder)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return result
 
 
 def tensor_bytes(*tensors: Any) -> int:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ...search._io import atomic_write_folder, read_json
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
-from .base import ExportViolations, LayerBytes, code_source
+from .base import ExportViolations, LayerBytes, code_source, run_on_saved_model
 from .compressed_tensors import CompressedTensorsExporter, weight_args
 
 if TYPE_CHECKING:
@@ -292,10 +292,6 @@ def oneshot_checkpoint(
     ``QuantizationModifier`` (``"rtn"``: min-max) recipe, run in llm-compressor's venv (``make
     llm-compressor``) on ``calib``'s batches. Load it with :func:`load_checkpoint`; returns
     the planned and stored bytes per quantized layer."""
-    import shutil
-
-    from safetensors.torch import save_file
-
     from ...toolkits import llmcompressor
 
     exporter = CompressedTensorsExporter(runtime=runtime)
@@ -303,27 +299,14 @@ def oneshot_checkpoint(
     if modifier not in llmcompressor.MODIFIERS:
         raise ValueError(f"`modifier` must be one of {llmcompressor.MODIFIERS}, got {modifier!r}")
     llmcompressor.python()  # ToolkitMissing names `make llm-compressor` before any work
-    folder = Path(folder)
-    if folder.exists():
-        raise FileExistsError(f"`folder` {folder} exists; llm-compressor writes a new checkpoint")
     planned = {
         u.fqn: (f.key, f.nbytes(u.shape))
         for u, f in zip(solution.space.units, solution.formats)
         if not f.is_float
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "float"
-        model.save_pretrained(src)
-        tokenizer.save_pretrained(src)
-        batches = {f"batch_{i:04d}": b.long().clone() for i, b in enumerate(calib.batches)}
-        save_file(batches, str(Path(tmp) / "calib.safetensors"))
-        stage = folder.with_name(f".{folder.name}.partial")
-        shutil.rmtree(stage, ignore_errors=True)
-        try:
-            llmcompressor.oneshot(
-                src, config, Path(tmp) / "calib.safetensors", stage, modifier=modifier
-            )
-            os.replace(stage, folder)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+
+    def run(src: Path, data: Path, stage: Path, scratch: Path) -> None:
+        llmcompressor.oneshot(src, config, data, stage, modifier=modifier)
+
+    run_on_saved_model(model, tokenizer, calib, folder, run, tool="llm-compressor")
     return _compare(planned, stored_bytes(folder))

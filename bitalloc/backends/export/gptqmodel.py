@@ -16,7 +16,6 @@ Runtime rules: ``backend="gptq"`` (vLLM ``gptq`` kernels: 2/3/4/8 bits, any grou
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,14 @@ from typing import Any, ClassVar
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
 from . import EXPORTERS
-from .base import ExportViolations, LayerBytes, fused_name, name_patterns, tensor_bytes
+from .base import (
+    ExportViolations,
+    LayerBytes,
+    fused_name,
+    name_patterns,
+    run_on_saved_model,
+    tensor_bytes,
+)
 from .rules import RuleExporter, Rules
 
 GPTQ_BACKENDS = ("gptq", "gptq_marlin")
@@ -127,35 +133,26 @@ def quantize_model(
     gptqmodel``) from the exported config, on ``calib``'s batches; the checkpoint goes to
     ``folder``. Raises ``ExportViolations`` before any work when the plan breaks the rules."""
     import copy
-    import tempfile
 
     import torch
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from ...toolkits import gptqmodel as toolkit
 
     config = GPTQModelExporter().render(solution)
     toolkit.python()  # ToolkitMissing names `make gptqmodel` before any work
-    folder = Path(folder)
-    if folder.exists():
-        raise FileExistsError(f"`folder` {folder} exists; GPTQModel writes a new checkpoint")
     ids = probe_ids if probe_ids is not None else calib.batches[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "float"
-        model.save_pretrained(src)
-        tokenizer.save_pretrained(src)
-        batches = {f"batch_{i:04d}": b.long().contiguous() for i, b in enumerate(calib.batches)}
-        save_file({**batches, "__probe_ids__": ids.long().clone()}, str(Path(tmp) / "c"))
-        probe = Path(tmp) / "probe.safetensors"
-        stage = folder.with_name(f".{folder.name}.partial")
-        shutil.rmtree(stage, ignore_errors=True)
-        try:
-            toolkit.quantize(src, config, Path(tmp) / "c", stage, probe)
-            os.replace(stage, folder)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-        got = load_file(str(probe))
+
+    def run(src: Path, data: Path, stage: Path, scratch: Path) -> dict[str, Any]:
+        probe = scratch / "probe.safetensors"
+        toolkit.quantize(src, config, data, stage, probe)
+        return load_file(str(probe))
+
+    folder = Path(folder)
+    got = run_on_saved_model(
+        model, tokenizer, calib, folder, run, tool="GPTQModel", extra={"__probe_ids__": ids.long()}
+    )
     out = copy.deepcopy(model)
     with torch.no_grad():
         for u, fmt in zip(solution.space.units, solution.formats):
