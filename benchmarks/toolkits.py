@@ -2,13 +2,14 @@
 
 On SmolLM2-135M, for each budget (the bytes of a uniform recipe over the linear layers:
 ``int8-pc-sym`` is llm-compressor's W8A16; its W4A16 is int4 g128, which vLLM cannot serve on
-SmolLM2's 576-wide rows (576 is not a multiple of 128), so ``int4-g64-sym`` and
-``int4-pc-sym`` stand in for it):
+SmolLM2's 576-wide rows (576 is not a multiple of 128), so ``int4-g64-sym`` stands in):
 
 1. ``uniform``: the recipe's format everywhere;
 2. ``bitalloc``: fisher + ILP on the ``compressed-tensors`` target menu (vLLM Marlin's int4
    g32/g64/g128/per-channel, symmetric or not, and int8 per channel) at exactly the recipe's
    bytes; ``bitalloc-sym``: the same on the symmetric half of the menu;
+3. ``nncf_ratio``, ``mlx_threshold``, ``llamacpp_km`` (``--anchors``): the rules on the same
+   fisher table at the same bytes, measured as checkpoints only;
 
 every row quantized by the SAME quantizer (``--quantizer``, rtn = the activation-weighted
 clip-searched grid, or gptq) from the same calibration. Each plan is then built by the
@@ -63,6 +64,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budgets", default="int4-g64-sym,int4-pc-sym,int8-pc-sym")
     p.add_argument("--quantizer", default="rtn", choices=("rtn", "gptq"))
+    p.add_argument(
+        "--anchors",
+        default="nncf_ratio,mlx_threshold,llamacpp_km",
+        help="rule solvers on the same table at the same bytes (checkpoint rows only)",
+    )
     p.add_argument("--n-samples", type=int, default=16)
     p.add_argument("--windows", type=int, default=8)
     p.add_argument("--out", default="runs/toolkits")
@@ -108,6 +114,9 @@ def main() -> None:
         plans = {"uniform": anchor}
         for name, (_, tb, _) in tables.items():
             plans[name] = ba.solve(tb, ba.Budget.bytes(anchor.nbytes), "ilp")
+        rules = [a for a in args.anchors.split(",") if a]
+        for rule in rules:
+            plans[rule] = ba.solve(table, ba.Budget.bytes(anchor.nbytes), rule)
         for who, plan in plans.items():
             key = f"{who} @ {budget}"
             if key in results:
@@ -134,6 +143,9 @@ def main() -> None:
                 "weight_shape_bytes": ct.SHAPE_BYTES * len(layers),
             }
             del loaded
+            if who in rules:  # the rules' rows: the checkpoint alone
+                record(key, row)
+                continue
             for tag, codes in (("torchao", args.quantizer), ("torchao-own", None)):
                 built, tl = tao.quantize_model(model, plan, codes=codes, calib=calib)
                 row[tag] = {**kl(built), "stored_bytes": sum(lay.stored for lay in tl)}
@@ -147,7 +159,7 @@ def main() -> None:
                 del built
             record(key, row)
         if args.llm_compressor != "off":
-            for who in plans:
+            for who in [w for w in plans if w not in rules]:
                 key = f"{who} @ {budget}"
                 if "llm-compressor" in results.get(key, {}):
                     continue
@@ -184,12 +196,15 @@ def report(results: dict[str, Any]) -> str:
     for key, r in results.items():
         who, _, budget = key.partition(" @ ")
         c = r["compressed-tensors"]
-        mo_kl = r["modelopt"].get("kl")
+
+        def cell(tag: str, r: dict[str, Any] = r) -> str:
+            got = r.get(tag, {}).get("kl")
+            return "—" if got is None else f"{got:.4f}"
+
         lines.append(
             f"| {budget} | {who} | {r['avg_bits']:.3f} | {r['fake_quant']['kl']:.4f} | "
-            f"{c['kl']:.4f} ({c['loader']}) | {r['torchao']['kl']:.4f} | "
-            f"{r['torchao-own']['kl']:.4f} | "
-            f"{'—' if mo_kl is None else f'{mo_kl:.4f}'} | {r['predicted_bytes']:,} | "
+            f"{c['kl']:.4f} ({c['loader']}) | {cell('torchao')} | {cell('torchao-own')} | "
+            f"{cell('modelopt')} | {r['predicted_bytes']:,} | "
             f"{c['stored_bytes'] - c['weight_shape_bytes']:,} |"
         )
     return "\n".join(lines)
