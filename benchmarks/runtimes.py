@@ -9,14 +9,16 @@ text), on SmolLM2-135M:
 2. bitalloc searches a plan with ``target="llama.cpp"`` (ggml types; ``W_hat`` from ggml's own
    quantizer, with bitalloc's ``E[x^2]`` imatrix when the recipe has one) under a byte budget
    equal to the recipe file's bytes of the searched (linear) tensors, keeps the recipe's
-   token-embedding type, and ``llama-quantize`` builds it;
+   token-embedding type, and ``llama-quantize`` builds it; with ``--embedding searched`` the
+   tied token embedding / ``lm_head`` is a searched unit too and the budget is the recipe's
+   linear tensors plus its token embedding (the same file size);
 3. both files are measured by ``llama-perplexity --kl-divergence`` on held-out Wikipedia
    against the F32 model (mean KLD, ppl), and by bitalloc's own held-out KL on the weights
    decoded from each file (so the two measurements can be compared).
 
     python benchmarks/runtimes.py [--recipes IQ4_NL:pure,IQ4_XS:pure,Q4_0:pure,Q3_K_M,Q2_K]
-        [--imatrix off,on] [--effort ilp|fast|default] [--without q4_1] [--chunks 16]
-        [--out runs/runtimes]
+        [--imatrix off,on] [--effort ilp|fast|default] [--without q4_1]
+        [--embedding recipe|searched] [--chunks 16] [--out runs/runtimes]
 """
 
 from __future__ import annotations
@@ -83,7 +85,15 @@ def main() -> None:
         default="",
         help="ggml types to leave out of bitalloc's menu, e.g. q4_1 (the float model's own grid)",
     )
+    p.add_argument(
+        "--embedding",
+        choices=("recipe", "searched"),
+        default="recipe",
+        help="recipe: the token embedding keeps the recipe's type; searched: the tied "
+        "embedding / lm_head is a searched unit within the same file bytes",
+    )
     args = p.parse_args()
+    searched = args.embedding == "searched"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -116,6 +126,7 @@ def main() -> None:
             "file_bytes": G.file_bytes(path),
             "linear_bytes": sum(held[n].nbytes for n in linear),
             "embd": held["token_embd.weight"].type,
+            "embd_bytes": held["token_embd.weight"].nbytes,
             "kld": kld.mean_kld,
             "kld_err": kld.kld_err,
             "ppl": kld.ppl,
@@ -135,7 +146,7 @@ def main() -> None:
             t0 = time.perf_counter()
             drop = {k for k in args.without.split(",") if k}
             menu = [k for k in LLAMACPP_MENU if k not in drop]
-            space = ba.SearchSpace.from_model(model, menu, target="llama.cpp")
+            space = ba.SearchSpace.from_model(model, menu, target="llama.cpp", lm_head=searched)
             prepared = Prepared(backend, model, space, calib)
             table = ba.estimate(
                 model, space, calib, "fisher", backend=prepared, cache_dir=cache_dir()
@@ -145,7 +156,8 @@ def main() -> None:
         ours_imatrix = None
         if use:
             ours_imatrix = G.write_imatrix(
-                G.imatrix_of(prepared.source.source.importance), out / "imatrix-bitalloc.dat"
+                G.imatrix_of(prepared.source.source.importance, space=space),
+                out / f"imatrix-bitalloc{'-emb' if searched else ''}.dat",
             )
         for spec in args.recipes.split(","):
             ftype, _, pure = spec.partition(":")
@@ -156,11 +168,13 @@ def main() -> None:
             ref = results.get(f"llama.cpp {name}") or measure(f"llama.cpp {name}", rfile)
             tag = "" if args.effort == "ilp" else f"-{args.effort}"
             tag += f"-no-{args.without}" if args.without else ""
+            tag += "-emb" if searched else ""
             key = f"bitalloc{tag} @ {name}"
             if key in results:
                 continue
             t0 = time.perf_counter()
-            budget = ba.Budget.bytes(ref["linear_bytes"])
+            embd = G.tensors(rfile)["token_embd.weight"].nbytes if searched else 0
+            budget = ba.Budget.bytes(ref["linear_bytes"] + embd)
             if args.effort == "ilp":
                 plan = ba.solve(table, budget, "ilp")
             else:
@@ -172,14 +186,16 @@ def main() -> None:
                 f32,
                 out / f"{key.split(' ')[0]}-{name}.gguf",
                 imatrix=ours_imatrix,
-                embedding_type=ref["embd"],
+                embedding_type=None if searched else ref["embd"],
             )
             problems = G.check_bytes(plan, bfile)
             row = measure(key, bfile)
             results[key].update(
                 {
                     "predicted_linear_bytes": plan.nbytes,
-                    "bytes_match": not problems and plan.nbytes == row["linear_bytes"],
+                    "bytes_match": not problems
+                    and plan.nbytes
+                    == row["linear_bytes"] + (row["embd_bytes"] if searched else 0),
                     "search_s": t_search,
                     "table_s": t_table,
                     "formats": dict(sorted(Counter(plan.choice).items())),

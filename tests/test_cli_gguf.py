@@ -93,9 +93,42 @@ def test_search_a_whole_file_budget_then_build_it(gguf_llama_dir, tmp_path, caps
     assert size <= whole and G.tensors(out)["token_embd.weight"].type == "Q4_0"
 
 
+@pytest.mark.slow
+def test_search_the_tied_embedding_in_a_whole_file_then_build_it(
+    gguf_llama_dir, tmp_path, capsys
+) -> None:
+    from bitalloc.backends.export import gguf as G
+
+    source = gguf_llama_dir / "model-f32.gguf"
+    if not source.is_file():
+        G.float_gguf(gguf_llama_dir, source)
+    plan, whole = tmp_path / "plan.json", 9_600_000
+    flags = ["--file-bytes", str(whole), "--float", str(source)]  # the embedding is searched
+    fixed = [*flags, "--lm-head", "--embedding-type", "q4_0"]
+    assert main(search(gguf_llama_dir, plan, *fixed)) == 2
+    assert "searches the token embedding" in capsys.readouterr().err and not plan.exists()
+    assert main(search(gguf_llama_dir, plan, *flags)) == 0
+    sol = Solution.load(plan)
+    head = sol.space.units[-1]
+    assert head.shares == "model.embed_tokens" and sol.meta["gguf"]["embedding_type"] is None
+    capsys.readouterr()
+    out = tmp_path / "model.gguf"
+    build = ["gguf", str(plan), "-o", str(out), "--float", str(source)]
+    assert main([*build, "--embedding-type", "q8_0"]) == 2
+    assert "searches the token embedding" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(build) == 0
+    text = capsys.readouterr().out
+    size = G.file_bytes(out)
+    assert f"({size:,} bytes; predicted {size:,})" in text and "MISMATCH" not in text
+    assert size <= whole
+    assert G.tensors(out)["token_embd.weight"].type == sol.choice[-1].upper()
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
+        (["--avg-bits", "5", "--lm-head", "--exclude", "x"], "--lm-head replaces the default"),
         (
             ["--file-bytes", "9e6", "--target", "compressed-tensors"],
             "use it with --target llama.cpp",

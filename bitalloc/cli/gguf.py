@@ -44,12 +44,18 @@ def float_gguf_of(name: str) -> Path:
 def cmd_gguf(args: argparse.Namespace) -> int:
     from ..backends.export import EXPORTERS
     from ..backends.export import gguf as G
-    from ..backends.export.gguf_file import predicted_file_bytes
+    from ..backends.export.gguf_file import (
+        embedding_searched,
+        predicted_file_bytes,
+        searches_embedding,
+    )
     from ..toolkits import llamacpp
 
     sol = feasible_plan(args.plan)
     out = Path(args.out or Path(args.plan).with_suffix(".gguf"))
     check_output(str(out), "-o/--out")
+    if args.embedding_type is not None and searches_embedding(sol.space):
+        raise CliError(embedding_searched("--embedding-type"))
     bad = EXPORTERS.get("llama.cpp").check(sol)
     if bad:
         return refuse_violations("gguf", "llama.cpp", bad, "llama.cpp")
@@ -70,7 +76,8 @@ def cmd_gguf(args: argparse.Namespace) -> int:
         model, tok = load_model(str(name))
         calib = calibration_from_record(tok, sol.meta["calibration"])
         moments = GgmlBackend(imatrix="on").quantized(model, sol.space, calib).importance
-        imatrix = G.write_imatrix(G.imatrix_of(moments), out.with_suffix(".imatrix.dat"))
+        importance = G.imatrix_of(moments, space=sol.space)
+        imatrix = G.write_imatrix(importance, out.with_suffix(".imatrix.dat"))
     if source is None:
         source = float_gguf_of(str(name))
     embedding = args.embedding_type or (sol.meta.get("gguf") or {}).get("embedding_type")

@@ -53,6 +53,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             QuantFormat.ggml_type(args.embedding_type)  # ValueError names the valid types
         if args.float is not None and not Path(args.float).is_file():
             raise CliError(f"--float: no such GGUF file: {args.float}")
+    if args.lm_head and args.exclude is not None:
+        raise CliError("--lm-head replaces the default --exclude; give one or the other")
+    if args.file_bytes is not None and args.embedding_type is None and args.exclude is None:
+        args.lm_head = True  # the whole file: the token embedding (a tied lm_head) is searched
     check_name("estimator", args.estimator)
     if args.solver is not None:
         check_name("solver", args.solver)
@@ -93,6 +97,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         tie=tie,
         channel_group=args.channel_group,
+        lm_head=args.lm_head,
         cache_dir=None if args.no_cache else cache_dir(),
         callback=progress("search", args.quiet),
         fitness=args.fitness,
@@ -110,8 +115,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.file_bytes is not None:
         import dataclasses
 
+        from ..backends.export.gguf_file import searches_embedding
+
         gguf = {
-            "embedding_type": args.embedding_type or "q8_0",
+            "embedding_type": None
+            if searches_embedding(sol.space)
+            else (args.embedding_type or "q8_0"),
             "file_bytes": int(args.file_bytes),
             "fixed_bytes": int(budget.fixed),
         }
@@ -128,7 +137,12 @@ def _file_budget(args: argparse.Namespace, model: Any, formats: Any, calib: Any)
     """``--file-bytes``: the whole GGUF file llama-quantize will write (header with a reserved
     imatrix path when calibration feeds the ggml backend's imatrix, the token embedding at
     ``--embedding-type``, norms), of which the searched tensors get the rest."""
-    from ..backends.export.gguf_file import file_budget, reserved_imatrix_keys
+    from ..backends.export.gguf_file import (
+        embedding_searched,
+        file_budget,
+        reserved_imatrix_keys,
+        searches_embedding,
+    )
     from ..search.space import SearchSpace
     from .gguf import float_gguf_of
 
@@ -140,7 +154,10 @@ def _file_budget(args: argparse.Namespace, model: Any, formats: Any, calib: Any)
         exclude=args.exclude,
         tie=None,
         target=args.target,
+        lm_head=args.lm_head,
     )
+    if args.embedding_type is not None and searches_embedding(probe):
+        raise CliError(embedding_searched("--embedding-type"))
     imatrix = reserved_imatrix_keys(len(probe)) if calib is not None else None
     return file_budget(
         args.file_bytes,
@@ -302,11 +319,13 @@ def register(sub: Any) -> None:
         "--file-bytes",
         type=float,
         help="budget (--target llama.cpp): bytes of the whole GGUF file, header, token "
-        "embedding and norms included",
+        "embedding and norms included; lm_head (and a tied token embedding) is searched "
+        "unless --embedding-type fixes the embedding's type",
     )
     s.add_argument(
         "--embedding-type",
-        help="with --file-bytes: ggml type of the token embedding in the file (default q8_0)",
+        help="with --file-bytes: fix the token embedding's ggml type instead of searching it "
+        "(not with --lm-head on a tied model, where the plan picks it)",
     )
     s.add_argument("--float", help="with --file-bytes: the model's F32 GGUF (default: converted)")
     s.add_argument(
@@ -356,6 +375,12 @@ def register(sub: Any) -> None:
     s.add_argument("--include", nargs="*", help="unit patterns to keep (glob or re:REGEX)")
     s.add_argument(
         "--exclude", nargs="*", help="unit patterns to drop (default: embeddings, lm_head)"
+    )
+    s.add_argument(
+        "--lm-head",
+        action="store_true",
+        help="search lm_head too; a tied one is the token embedding as well (with "
+        "--target llama.cpp: GGUF's token_embd.weight takes the plan's type)",
     )
     s.add_argument("--n-samples", type=int, default=16, help="calibration windows (0 = none)")
     s.add_argument("--seq-len", type=int, default=512)

@@ -42,6 +42,7 @@ def discover(
     inc = _patterns(include, "include")
     exc = _patterns(DEFAULT_EXCLUDE if exclude is None else exclude, "exclude")
     units: list[Unit] = []
+    owners = _weight_owners(model)
     for name, mod in model.named_modules():
         if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             continue
@@ -49,8 +50,12 @@ def discover(
             continue
         shape = tuple(int(s) for s in mod.weight.shape)
         allowed = tuple(f.key for f in formats if f.supports(shape))
+        owner = owners[id(mod.weight)]
+        shares = None if owner == name else owner
+        if shares is not None and any(u.fqn == owner for u in units):
+            continue  # the tensor is searched once, as its owner
         if channel_group is None:
-            units.append(Unit(name=name, shape=shape, allowed=allowed))
+            units.append(Unit(name=name, shape=shape, allowed=allowed, shares=shares))
             continue
         for start in range(0, shape[0], channel_group):
             stop = min(start + channel_group, shape[0])
@@ -60,6 +65,7 @@ def discover(
                     shape=(stop - start, *shape[1:]),
                     allowed=allowed,
                     channels=(start, stop),
+                    shares=shares,
                 )
             )
     if not units:
@@ -70,7 +76,20 @@ def discover(
     if channel_group is not None:
         return tuple(units)
     labels = _tie_labels(model, [u.name for u in units], tie, example_input)
-    return tuple(Unit(u.name, u.shape, u.allowed, labels.get(u.name)) for u in units)
+    return tuple(
+        Unit(u.name, u.shape, u.allowed, labels.get(u.name), shares=u.shares) for u in units
+    )
+
+
+def _weight_owners(model: nn.Module) -> dict[int, str]:
+    """``id(weight)`` -> FQN of the first module (``named_modules`` order) holding it: a tied
+    ``lm_head``'s weight is owned by the token embedding that comes before it."""
+    owners: dict[int, str] = {}
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if w is not None and id(w) not in owners:
+            owners[id(w)] = name
+    return owners
 
 
 def _patterns(value: Sequence[str] | str, arg: str) -> tuple[str, ...]:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 SPACE_VERSION = 1
 MAX_DIM = 1 << 31  # no weight dimension is larger; also keeps numel exact in float64
-DEFAULT_EXCLUDE = ("re:(.*\\.)?lm_head", "re:(.*\\.)?(embed|wte|wpe|embeddings)(\\..*)?")
+EMBEDDINGS = "re:(.*\\.)?(embed|wte|wpe|embeddings)(\\..*)?"
+DEFAULT_EXCLUDE = ("re:(.*\\.)?lm_head", EMBEDDINGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,10 @@ class Unit:
         tie: tie-group label; units sharing a label must share a format. ``None`` = free.
         channels: ``(start, stop)`` output rows of the module's weight this unit covers;
             ``None`` = the whole weight.
+        shares: FQN of the module that owns this unit's weight when the weight is tied
+            (the same tensor): a causal LM's tied ``lm_head`` shares ``model.embed_tokens``'s,
+            so quantizing the unit quantizes the token embedding too, and files that store the
+            tensor once (GGUF ``token_embd.weight``) name it by this module. ``None`` = its own.
     """
 
     name: str
@@ -44,6 +49,7 @@ class Unit:
     allowed: tuple[str, ...]
     tie: str | None = None
     channels: tuple[int, int] | None = None
+    shares: str | None = None
 
     def __post_init__(self) -> None:
         shape = self.shape
@@ -72,6 +78,12 @@ class Unit:
         return self.name if self.channels is None else self.name.rsplit("[", 1)[0]
 
     @property
+    def tensor_fqn(self) -> str:
+        """FQN of the module whose weight a checkpoint stores for this unit (:attr:`shares`
+        when the weight is tied, else :attr:`fqn`)."""
+        return self.shares or self.fqn
+
+    @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -84,6 +96,8 @@ class Unit:
         }
         if self.channels is not None:
             d["channels"] = list(self.channels)
+        if self.shares is not None:
+            d["shares"] = self.shares
         return d
 
     @classmethod
@@ -94,6 +108,7 @@ class Unit:
             allowed=tuple(str(a) for a in d["allowed"]),
             tie=d.get("tie"),
             channels=tuple(d["channels"]) if d.get("channels") is not None else None,
+            shares=None if d.get("shares") is None else str(d["shares"]),
         )
 
 
@@ -238,6 +253,7 @@ class SearchSpace:
         example_input: Any = None,
         backend: Any = None,
         target: Any = None,
+        lm_head: bool = False,
     ) -> SearchSpace:
         """Discover the units of ``model`` (every ``nn.Linear`` and ``nn.Conv{1,2,3}d``).
 
@@ -264,9 +280,24 @@ class SearchSpace:
                 menu and must be formats it stores; each unit keeps those its rows can hold
                 (llama.cpp K-quants need rows that are a multiple of 256). Targets that fuse
                 q/k/v and gate/up default to ``tie="auto"``.
+            lm_head: search the output projection too (the default ``exclude`` without
+                ``lm_head``). When its weight is tied to the token embedding, as in SmolLM2,
+                the unit is that one tensor (:attr:`Unit.shares`): its format is the
+                embedding's too, and a GGUF stores it once as ``token_embd.weight``.
         """
         from .discovery import discover
 
+        if not isinstance(lm_head, bool):
+            raise TypeError(f"`lm_head` must be a bool, got {lm_head!r}")
+        if lm_head:
+            if exclude is not None:
+                raise ValueError(
+                    "`lm_head=True` replaces the default `exclude` (embeddings and lm_head) "
+                    "with the embeddings only; pass `exclude` or `lm_head`, not both"
+                )
+            exclude = (EMBEDDINGS,)
+
+        t = None
         if target is not None:
             from .targets import get_target
 
@@ -285,6 +316,12 @@ class SearchSpace:
             channel_group=channel_group,
             example_input=example_input,
         )
+        tied = [u for u in units if u.shares is not None]
+        if t is not None and tied and not t.tied:
+            raise ValueError(
+                f"target {t.name!r} would quantize {tied[0].fqn} apart from "
+                f"{tied[0].shares}, whose weight it shares (tied); search it without `lm_head`"
+            )
         space = cls(units=units, formats=parse_formats(formats))
         return space if backend is None else space.for_backend(backend)
 

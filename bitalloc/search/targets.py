@@ -52,12 +52,15 @@ class Target:
         formats: the default menu (format keys); each unit keeps those its rows can hold.
         backend: the backend that builds exactly what the runtime stores.
         fused: whether the runtime fuses q/k/v and gate/up (they get ``tie="auto"``).
+        tied: whether it stores a weight shared by two modules (a tied ``lm_head`` and the
+            token embedding) as one quantized tensor, so that weight can be a searched unit.
     """
 
     name: str
     formats: tuple[str, ...]
     backend: str
     fused: bool = False
+    tied: bool = False
 
     def problem(self, fmt: QuantFormat) -> str | None:
         """Why this target cannot store ``fmt`` (any shape), or None."""
@@ -95,7 +98,7 @@ def _short(t: Target) -> str:
 
 
 TARGETS = {
-    "llama.cpp": Target("llama.cpp", LLAMACPP_MENU, backend="ggml"),
+    "llama.cpp": Target("llama.cpp", LLAMACPP_MENU, backend="ggml", tied=True),
     "compressed-tensors": Target("compressed-tensors", MARLIN_MENU, backend="gptq", fused=True),
 }
 

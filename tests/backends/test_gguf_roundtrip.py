@@ -52,7 +52,7 @@ def calibration(tok) -> Calibration:
 
 def assert_file_holds(plan, path, source) -> None:
     assert G.check_bytes(plan, path) == []
-    names = [str(gguf_name(u.fqn)) for u in plan.space.units]
+    names = [str(gguf_name(u.tensor_fqn)) for u in plan.space.units]
     stored = G.stored_weights(path, names)
     for i, (u, key, name) in enumerate(zip(plan.space.units, plan.choice, names)):
         assert np.array_equal(source.get(i, key).weight.numpy(), stored[name]), (u.name, key)
@@ -85,6 +85,36 @@ def test_the_imatrix_reaches_llama_quantize(float_model, tmp_path) -> None:
         if k != "q8_0" and not torch.equal(plain.get(i, k).weight, source.get(i, k).weight)
     ]
     assert differ, "the importance matrix changed no tensor"
+
+
+@pytest.mark.parametrize("imatrix", ["off", "on"])
+def test_a_searched_tied_embedding_is_the_files_token_embd(float_model, tmp_path, imatrix) -> None:
+    """``lm_head=True`` on a tied model: the lm_head unit is ``token_embd.weight``, which takes
+    the plan's type and decodes bit for bit to the backend's ``W_hat`` (with the lm_head input's
+    ``E[x^2]`` as its imatrix entry); the whole file is the predicted size."""
+    from bitalloc.backends.export.gguf_file import predicted_file_bytes
+
+    model, tok, f32 = float_model
+    space = SearchSpace.from_model(model, target="llama.cpp", tie=None, lm_head=True)
+    head = space.units[-1]
+    assert (head.name, head.shares) == ("lm_head", "model.embed_tokens")
+    calib = calibration(tok) if imatrix == "on" else None
+    source = GgmlBackend(imatrix=imatrix).quantized(model, space, calib)
+    path = None
+    if imatrix == "on":
+        values = G.imatrix_of(source.importance, space=space)
+        assert "token_embd.weight" in values and "output.weight" not in values
+        path = G.write_imatrix(values, tmp_path / "imatrix.dat")
+    plan = random_plan(space, seed=3)
+    plan = Solution(space, plan.choice[:-1] + ("q5_0",), Status.FEASIBLE)
+    out = G.quantize(plan, f32, tmp_path / "tied.gguf", imatrix=path)
+    assert_file_holds(plan, out, source)
+    held = G.tensors(out)
+    assert held["token_embd.weight"].type == "Q5_0" and "output.weight" not in held
+    assert predicted_file_bytes(plan, f32, imatrix=path) == G.file_bytes(out)
+    with pytest.raises(ValueError, match="searches the token embedding"):
+        G.quantize(plan, f32, tmp_path / "x.gguf", embedding_type="q8_0")
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_llama_perplexity_ranks_plans_by_bits(float_model, tmp_path) -> None:

@@ -35,7 +35,7 @@ class Violation:
     Args:
         unit: the unit, layer or fused group concerned.
         rule: ``"fused"``, ``"channels"``, ``"tag"``, ``"bits"``, ``"group_size"``,
-            ``"symmetric"``, ``"block_size"``, ``"sparsity"`` or ``"name"``.
+            ``"symmetric"``, ``"block_size"``, ``"sparsity"``, ``"name"`` or ``"tied"``.
         message: what is wrong and what the target accepts.
         fixable: whether :meth:`Exporter.fix` can repair it by raising formats.
     """

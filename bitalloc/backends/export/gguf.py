@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from ...search.solution import Solution
+from ...search.space import SearchSpace
 from ...toolkits import llamacpp
+from .gguf_file import EMBEDDING, embedding_searched
 from .llamacpp import LlamaCppExporter, gguf_name
 
 
@@ -67,11 +69,18 @@ def float_gguf(
     return llamacpp.convert_hf(model_dir, out, outtype)
 
 
-def imatrix_of(importance: Mapping[str, Any], arch: str = "llama") -> dict[str, np.ndarray]:
-    """``{GGUF tensor name: float32 values}`` from ``{module FQN: E[x^2]}``."""
+def imatrix_of(
+    importance: Mapping[str, Any], arch: str = "llama", space: SearchSpace | None = None
+) -> dict[str, np.ndarray]:
+    """``{GGUF tensor name: float32 values}`` from ``{module FQN: E[x^2]}``.
+
+    With ``space``, a unit whose weight is tied (:attr:`Unit.shares`) is written under the
+    tensor the file stores: a tied ``lm_head``'s input moments become ``token_embd.weight``'s,
+    which llama-quantize then uses for the token embedding."""
+    stored = {} if space is None else {u.fqn: u.tensor_fqn for u in space.units}
     out = {}
     for fqn, values in importance.items():
-        name = gguf_name(fqn, arch)
+        name = gguf_name(stored.get(fqn, fqn), arch)
         if name is None:
             raise ValueError(f"gguf-py has no GGUF tensor for {fqn!r} in arch {arch!r}")
         arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
@@ -114,14 +123,19 @@ def quantize(
 ) -> Path:
     """``llama-quantize --pure --tensor-type-file`` of ``solution`` on the float GGUF
     ``source``; unplanned quantizable tensors take ``default_type``, the token embedding
-    ``embedding_type`` when given."""
+    ``embedding_type`` when given. A plan that searches the token embedding (a tied
+    ``lm_head`` unit) gives it its own type in the tensor-type file; ``embedding_type`` is then
+    refused, since ``--token-embedding-type`` would override the plan."""
     source, out = Path(source), Path(out)
     if not source.is_file():
         raise ValueError(f"`source` GGUF not found: {source}")
     if out.resolve() == source.resolve():
         raise ValueError("`out` must differ from `source`")
+    exporter = LlamaCppExporter(arch=arch)
+    if embedding_type is not None and EMBEDDING in exporter.types(solution):
+        raise ValueError(embedding_searched("embedding_type"))
     exe = llamacpp.tool("llama-quantize")
-    text = LlamaCppExporter(arch=arch).render(solution)
+    text = exporter.render(solution)
     with tempfile.TemporaryDirectory() as tmpdir:
         types = Path(tmpdir) / "tensor-types.txt"
         types.write_text(text)
@@ -232,7 +246,7 @@ def check_bytes(
     exporter = LlamaCppExporter(arch=arch)
     problems = []
     for unit, key in zip(solution.space.units, solution.choice):
-        name = str(gguf_name(unit.fqn, arch))
+        name = str(gguf_name(unit.tensor_fqn, arch))
         want = exporter._type(unit, key)
         got = held.get(name)
         fmt_bytes = solution.space.formats[solution.space.keys.index(key)].nbytes(unit.shape)

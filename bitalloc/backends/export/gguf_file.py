@@ -87,6 +87,22 @@ def _header(reader: Any) -> int:
     return _MAGIC + fields + sum(sum(p.nbytes for p in t.field.parts) for t in reader.tensors)
 
 
+EMBEDDING = "token_embd.weight"
+
+
+def embedding_searched(arg: str) -> str:
+    """The message refusing a token-embedding type for a plan that searches the embedding."""
+    return (
+        f"`{arg}`: the plan searches the token embedding (its tied lm_head is a unit), so "
+        "the plan's format is its type; leave it out"
+    )
+
+
+def searches_embedding(space: SearchSpace, arch: str = "llama") -> bool:
+    """Whether a unit of ``space`` is the GGUF token embedding (a tied ``lm_head``)."""
+    return any(gguf_name(u.tensor_fqn, arch) == EMBEDDING for u in space.units)
+
+
 def _planned(names: Iterable[str], arch: str) -> set[str]:
     out = set()
     for fqn in names:
@@ -118,7 +134,9 @@ def fixed_bytes(
     if imatrix is not None:
         extra = imatrix if isinstance(imatrix, Mapping) else imatrix_keys(imatrix)
         header += sum(_kv(k, v) for k, v in extra.items() if k not in reader.fields)
-    planned = _planned((u.fqn for u in space.units), arch)
+    planned = _planned((u.tensor_fqn for u in space.units), arch)
+    if embedding_type is not None and EMBEDDING in planned:
+        raise ValueError(embedding_searched("embedding_type"))
     total = _align(header, align)
     for t in reader.tensors:
         if t.name in planned:
@@ -127,7 +145,7 @@ def fixed_bytes(
         if len(shape) < 2 or not t.name.endswith(".weight"):
             nbytes = int(t.n_bytes)  # norms stay as the float file holds them
         else:
-            ggml = embedding_type if t.name == "token_embd.weight" and embedding_type else None
+            ggml = embedding_type if t.name == EMBEDDING and embedding_type else None
             nbytes = QuantFormat.ggml_type(ggml or default_type).nbytes(shape)
         total += _align(nbytes, align)
     return total

@@ -116,11 +116,13 @@ class LlamaCppExporter(RuleExporter):
             )
 
     def rules(self) -> Rules:
-        return Rules("llama.cpp", bits=(2, 3, 4, 5, 6, 8), ggml=True)
+        return Rules("llama.cpp", bits=(2, 3, 4, 5, 6, 8), ggml=True, tied=True)
 
     def unit_problem(self, unit: Unit, fmt: QuantFormat) -> tuple[str, str] | None:
-        if gguf_name(unit.fqn, self.arch) is None:
-            return "name", f"gguf-py has no GGUF tensor for {unit.fqn!r} in arch {self.arch!r}"
+        if gguf_name(unit.tensor_fqn, self.arch) is None:
+            return "name", (
+                f"gguf-py has no GGUF tensor for {unit.tensor_fqn!r} in arch {self.arch!r}"
+            )
         p = self.rules().problem(fmt)
         if p is not None:
             return p
@@ -130,7 +132,7 @@ class LlamaCppExporter(RuleExporter):
     def types(self, solution: Solution) -> dict[str, str]:
         """GGUF tensor name -> ggml type name for every unit of ``solution``."""
         return {
-            str(gguf_name(u.fqn, self.arch)): self._type(u, key)
+            str(gguf_name(u.tensor_fqn, self.arch)): self._type(u, key)
             for u, key in zip(solution.space.units, solution.choice)
         }
 

@@ -35,7 +35,7 @@ _WHY = {
     "channels": "one tensor takes one format in this target; its channel slices differ",
     "tag": "this target keys formats by the layer's tag, so every layer with it must share",
 }
-UNFIXABLE = frozenset({"name"})
+UNFIXABLE = frozenset({"name", "tied"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,9 @@ class Rules:
         fused: whether q/k/v and gate/up must share a format.
         pairs: allowed ``(bits, group)`` combinations when groups depend on bits.
         ggml: whether the target stores ggml block types (``q4_k``: llama.cpp only).
+        tied: whether a unit whose weight is tied to another module's (:attr:`Unit.shares`,
+            a tied ``lm_head``) can be stored as one quantized tensor (GGUF's
+            ``token_embd.weight``); elsewhere quantizing it apart breaks the tie.
     """
 
     target: str
@@ -62,6 +65,7 @@ class Rules:
     fused: bool = False
     pairs: tuple[tuple[int, int | None], ...] | None = None
     ggml: bool = False
+    tied: bool = False
 
     def problem(self, fmt: QuantFormat) -> tuple[str, str] | None:
         """``(rule, message)`` when the target cannot store ``fmt``, else None."""
@@ -161,8 +165,16 @@ class RuleExporter:
     def check(self, solution: Solution) -> list[Violation]:
         require_plan(solution)
         units, choice = solution.space.units, solution.choice
+        rules = self.rules()
         out = []
         for u, key in zip(units, choice):
+            if u.shares is not None and not rules.tied:
+                why = (
+                    f"its weight is {u.shares}'s (tied); {rules.target} would quantize "
+                    f"{u.fqn} apart from it and break the tie: search without lm_head"
+                )
+                out.append(Violation(u.name, "tied", why, False))
+                continue
             p = self.unit_problem(u, QuantFormat.parse(key))
             if p is not None:
                 out.append(Violation(u.name, p[0], p[1], p[0] not in UNFIXABLE))
