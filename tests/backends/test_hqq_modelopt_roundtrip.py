@@ -26,8 +26,9 @@ def test_hqq_engine_quantizes_each_tag_as_planned() -> None:
     from bitalloc.backends.export.hqq import quantize_model
 
     model = make_tiny_llama(hidden=64, intermediate=128)
-    plan = _plan(model, ["int2-g32", "int4-g64", "int8-g32", "bf16"], "hqq", seed=5)
+    plan = _plan(model, ["int2-g32", "int3-g64", "int4-g64", "int8-g32", "bf16"], "hqq", seed=1)
     assert any(f.is_float for f in plan.formats) and not all(f.is_float for f in plan.formats)
+    assert any(f.bits == 3 for f in plan.formats)
     quantized, layers = quantize_model(model, plan)
     ours = fake_quant_weights(model, plan)
     by_name = {lay.name: lay for lay in layers}
@@ -40,8 +41,12 @@ def test_hqq_engine_quantizes_each_tag_as_planned() -> None:
         assert (layer.meta["nbits"], layer.meta["group_size"]) == (fmt.bits, fmt.group_size)
         groups = fmt.n_groups(u.shape)
         rows, cols = u.shape
-        # W_q bit-packed, scale and zero float32 per group (HQQ keeps a float zero point)
-        assert by_name[u.fqn].stored == rows * cols * fmt.bits // 8 + 8 * groups, u.fqn
+        # W_q bit-packed (one group per row; 3-bit codes go 10 to an int32 word, the group
+        # rows padded to a multiple of 10), scale and zero float32 per group
+        codes = rows * cols * fmt.bits // 8
+        if fmt.bits == 3:
+            codes = 4 * fmt.group_size * -(-groups // 10)
+        assert by_name[u.fqn].stored == codes + 8 * groups, u.fqn
         w = model.get_submodule(u.fqn).weight.detach()
         theirs = layer.dequantize().reshape(w.shape).float()
         assert sqnr_db(w, theirs) >= sqnr_db(w, ours[u.fqn]) - 0.5, u.fqn

@@ -85,8 +85,9 @@ def quantize_model(
     available yet"), so this runs HQQ's ``AutoHQQHFModel.quantize_model`` with the exported
     ``dynamic_config`` as its per-tag ``BaseQuantizeConfig`` table: HQQ's half-quadratic
     optimizer fits its own scales and zero points. Float units' tags are absent and stay float.
-    The bytes per layer are HQQ's ``W_q`` (bit-packed), ``scale`` and ``zero`` (``compute_dtype``,
-    float32 by default).
+    The bytes per layer are HQQ's ``W_q`` (bit-packed, one group per row: 2/4/8-bit codes
+    exactly, 3-bit codes ten to an int32 word with the groups padded to a multiple of ten, so
+    3.2 bits), ``scale`` and ``zero`` (``compute_dtype``, float32 by default).
     """
     import copy
 
