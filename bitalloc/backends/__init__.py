@@ -13,6 +13,7 @@ from .variants import VariantCache  # noqa: E402
 
 BACKENDS.register_lazy("packed", "bitalloc.backends.packed:PackedBackend")
 BACKENDS.register_lazy("ggml", "bitalloc.backends.ggml:GgmlBackend")  # llama.cpp's quantizers
+BACKENDS.register_lazy("hqq", "bitalloc.backends.hqq_grid:HqqBackend")  # HQQ's quantizer
 
 __all__ = [
     "BACKENDS",

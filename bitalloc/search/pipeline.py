@@ -3,7 +3,10 @@
 :func:`refine` takes a sensitivity table (priced with the backend that will build the plan)
 and improves its exact optimum with measurements of the real model:
 
-1. **table + ILP**: the exact optimum of the additive table at the budget.
+1. **table + ILP**: the exact optimum of the additive table at the budget, measured; beside
+   it the simple rules at the same budget (the largest uniform format that fits, NNCF's
+   two-precision rule), measured too, so the result never measures worse than they do on
+   the calibration tokens.
 2. **measured correction**: a spread of plans around the budget
    (:func:`bitalloc.solvers.sampling.near_plans`) is scored by measured KL on calibration
    tokens; the table is corrected by per-bit-width / per-layer-type multipliers fitted to
@@ -98,7 +101,10 @@ def refine(
     with KLEvaluator(model, calib, table.space, backend) as kl:
         tokens = min(sched.tokens, kl.calib.n_tokens)
         run.tokens = tokens
-        stages: list[tuple[str, Any]] = [("measure", lambda: run.measure(first, "ilp", kl))]
+        stages: list[tuple[str, Any]] = [
+            ("measure", lambda: run.measure(first, "ilp", kl)),
+            ("anchors", lambda: _anchors(run, table, budget, kl)),
+        ]
         if sched.correction_plans:
             stages.append(
                 ("correction", lambda: _correct(run, table, budget, sched, kl, seed, clock))
@@ -214,6 +220,24 @@ def _replay_info(stats: Any) -> dict[str, Any]:
         "block_forwards_skipped": stats.skipped,
         "replay_fraction_run": round(stats.fraction_run, 4),
     }
+
+
+ANCHORS = ("uniform", "nncf_ratio")
+"""Rules measured beside the table's optimum (:func:`_anchors`)."""
+
+
+def _anchors(run: _Race, table: SensitivityTable, budget: Budget, kl: Any) -> None:
+    """Measure each rule of :data:`ANCHORS` whose plan fits the budget and differs from those
+    measured; a rule that cannot serve this space or budget (no common format) is left out."""
+    from ..solvers import SOLVERS
+
+    for name in ANCHORS:
+        plan = SOLVERS.get(name).solve(table, budget)
+        if not plan.success or budget.residual(plan) < 0:
+            continue
+        if any(plan.choice == p.choice for _, _, p in run.scored):
+            continue
+        run.measure(plan, name, kl)
 
 
 def _correct(

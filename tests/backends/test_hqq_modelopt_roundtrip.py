@@ -92,3 +92,31 @@ def test_modelopt_fake_quant_takes_any_symmetric_grid() -> None:
         w = quantized.get_submodule(u.fqn)
         fake = w.weight_quantizer(w.weight).detach()
         assert sqnr_db(ours[u.fqn], fake) > 25, u.fqn
+
+
+def test_hqq_backend_prices_exactly_what_hqq_engine_holds() -> None:
+    """The ``hqq`` backend's ``W_hat`` is bit for bit the weight of HQQ's own engine for the
+    same plan, and a slice of output channels gets the whole layer's rows."""
+    from bitalloc.backends.export.hqq import quantize_model
+
+    model = make_tiny_llama(hidden=64, intermediate=128)
+    plan = _plan(model, ["int2-g32", "int3-g64", "int4-g64", "int8-g32"], "hqq", seed=1)
+    assert len({f.bits for f in plan.formats}) >= 3
+    ours = fake_quant_weights(model, plan, backend="hqq")
+    engine, _ = quantize_model(model, plan)
+    for u, fmt in zip(plan.space.units, plan.formats):
+        theirs = engine.get_submodule(u.fqn).dequantize().reshape(u.shape).float()
+        assert torch.equal(ours[u.fqn], theirs), (u.fqn, fmt.key)
+    sliced = SearchSpace.from_model(model, ["int3-g32"], channel_group=16, tie=None)
+    whole = SearchSpace.from_model(model, ["int3-g32"], tie=None)
+    a = BACKENDS.get("hqq").quantized(model, sliced)
+    b = BACKENDS.get("hqq").quantized(model, whole)
+    w = b.get(whole.index("model.layers.0.mlp.down_proj"), "int3-g32").weight
+    for i, u in enumerate(sliced.units):
+        if u.fqn == "model.layers.0.mlp.down_proj":
+            assert torch.equal(a.get(i, "int3-g32").weight, w[slice(*u.channels)]), u.name
+    space = SearchSpace.from_model(model, ["int4-g32-sym"], tie=None)
+    with pytest.raises(ValueError, match="the hqq backend builds asymmetric"):
+        BACKENDS.get("hqq").apply(
+            model, Solution(space, ("int4-g32-sym",) * len(space), Status.FEASIBLE)
+        )

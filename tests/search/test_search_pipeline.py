@@ -27,7 +27,8 @@ def test_default_pipeline_stays_in_budget_and_keeps_the_best_measured(make_llama
     sol = ba.search(model, calib64, 3.25, formats=FORMATS, effort="fast")
     assert sol.status is ba.Status.FEASIBLE and ba.Budget.avg_bits(3.25).residual(sol) >= 0
     info = sol.meta["pipeline"]
-    assert info["effort"] == "fast" and set(info["seconds"]) == {"measure", "correction"}
+    assert info["effort"] == "fast"
+    assert set(info["seconds"]) == {"measure", "anchors", "correction"}
     assert info["plans_measured"] >= SCHEDULES[Effort.FAST].correction_plans
     assert info["fitness"] <= info["measured"]["ilp"]
     assert info["correction"] and info["correction"][0]["n_plans"] >= 4
@@ -55,6 +56,30 @@ def test_default_effort_runs_evopress_with_replay(make_llama, calib64) -> None:
     before = min(v for k, v in info["measured"].items() if k in ("ilp", "corrected"))
     assert info["evopress"]["start_fitness"] <= before * (1 + 1e-9)
     assert info["fitness"] <= info["evopress"]["start_fitness"] * (1 + 1e-9)
+
+
+def test_a_misleading_table_never_beats_the_rules_measured_beside_it(make_llama, calib64) -> None:
+    """A table that calls every low-bit format harmless puts all units at int2; the race also
+    measures the largest uniform format that fits and NNCF's rule, and keeps the best."""
+    import numpy as np
+
+    from bitalloc.search.table import SensitivityTable
+
+    model = make_llama(layers=2)
+    space = ba.SearchSpace.from_model(model, FORMATS)
+    bits = np.array([f.bits for f in space.formats], float)
+    table = SensitivityTable(space, np.where(space.mask, bits[None, :], np.inf), "misleading")
+    uniform = ba.Solution(
+        space=space, choice=("int4-g32",) * len(space), status=ba.Status.FEASIBLE
+    )
+    budget = ba.Budget.bytes(uniform.nbytes)
+    sol = refine(model, calib64, table, budget, backend="rtn", effort="fast")
+    info = sol.meta["pipeline"]
+    assert set(info["measured"]) >= {"ilp", "uniform"}
+    assert info["measured"]["ilp"] > info["measured"]["uniform"]  # the table's optimum: int2
+    assert info["fitness"] <= info["measured"]["uniform"] and budget.residual(sol) >= 0
+    kl = ba.backends.KLEvaluator(model, calib64, space, ba.backends.RtnBackend())
+    assert kl(sol, tokens=info["fitness_tokens"]) <= kl(uniform, tokens=info["fitness_tokens"])
 
 
 def test_time_limit_too_small_returns_the_exact_optimum_with_status_limit(
