@@ -103,7 +103,7 @@ def test_search_the_tied_embedding_in_a_whole_file_then_build_it(
     if not source.is_file():
         G.float_gguf(gguf_llama_dir, source)
     plan, whole = tmp_path / "plan.json", 9_600_000
-    flags = ["--file-bytes", str(whole), "--float", str(source)]  # the embedding is searched
+    flags = ["--bytes", str(whole), "--float", str(source)]  # the whole file; embedding searched
     fixed = [*flags, "--lm-head", "--embedding-type", "q4_0"]
     assert main(search(gguf_llama_dir, plan, *fixed)) == 2
     assert "searches the token embedding" in capsys.readouterr().err and not plan.exists()
@@ -111,6 +111,7 @@ def test_search_the_tied_embedding_in_a_whole_file_then_build_it(
     sol = Solution.load(plan)
     head = sol.space.units[-1]
     assert head.shares == "model.embed_tokens" and sol.meta["gguf"]["embedding_type"] is None
+    assert sol.meta["gguf"]["file_bytes"] == whole
     capsys.readouterr()
     out = tmp_path / "model.gguf"
     build = ["gguf", str(plan), "-o", str(out), "--float", str(source)]
@@ -123,12 +124,23 @@ def test_search_the_tied_embedding_in_a_whole_file_then_build_it(
     assert f"({size:,} bytes; predicted {size:,})" in text and "MISMATCH" not in text
     assert size <= whole
     assert G.tensors(out)["token_embd.weight"].type == sol.choice[-1].upper()
+    tensors, layers = tmp_path / "tensors.json", sol.nbytes - head_bytes(sol)
+    assert main(search(gguf_llama_dir, tensors, "--bytes", str(layers), "--tensors-only")) == 0
+    only = Solution.load(tensors)
+    assert "gguf" not in only.meta and only.nbytes <= layers
+    assert len(only.space) == len(sol.space) - 1  # lm_head stays out of a tensors-only search
+
+
+def head_bytes(sol: Solution) -> int:
+    return sol.formats[-1].nbytes(sol.space.units[-1].shape)
 
 
 @pytest.mark.parametrize(
     "flags, message",
     [
         (["--avg-bits", "5", "--lm-head", "--exclude", "x"], "--lm-head replaces the default"),
+        (["--avg-bits", "5", "--tensors-only"], "--tensors-only goes with --target llama.cpp"),
+        (["--bytes", "9e6", "--file-bytes", "9e6"], "give exactly one of"),
         (
             ["--file-bytes", "9e6", "--target", "compressed-tensors"],
             "use it with --target llama.cpp",

@@ -34,6 +34,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..search.problem import Problem
     from ..search.solution import Status
 
+    if args.tensors_only and (args.target != "llama.cpp" or args.bytes is None):
+        raise CliError("--tensors-only goes with --target llama.cpp --bytes N")
+    if args.target == "llama.cpp" and args.bytes is not None and not args.tensors_only:
+        if args.file_bytes is not None:
+            raise CliError("give exactly one of --avg-bits or --bytes or --file-bytes")
+        args.file_bytes, args.bytes = args.bytes, None  # the target's default: the whole file
     budget = budget_from(args)
     formats = (
         None
@@ -314,7 +320,17 @@ def register(sub: Any) -> None:
         "--model", required=True, help="built-in name (smollm2-135m, minilm-l6) or folder"
     )
     s.add_argument("--avg-bits", type=float, help="budget: effective bits per weight")
-    s.add_argument("--bytes", type=float, help="budget: total bytes of the searched weights")
+    s.add_argument(
+        "--bytes",
+        type=float,
+        help="budget: total bytes of the searched weights (with --target llama.cpp: of the "
+        "whole GGUF file, as --file-bytes, unless --tensors-only)",
+    )
+    s.add_argument(
+        "--tensors-only",
+        action="store_true",
+        help="with --target llama.cpp --bytes: count the searched tensors only",
+    )
     s.add_argument(
         "--file-bytes",
         type=float,
