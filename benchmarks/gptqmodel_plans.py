@@ -1,0 +1,123 @@
+"""bitalloc's plans inside GPTQModel against its uniform recipe (SmolLM2-135M, CPU).
+
+The menu is what GPTQModel's Marlin path serves with groups, symmetric int4 and int8 at
+g32/g64/g128 (per-channel is left out: see RESULTS), with q/k/v and gate/up tied. bitalloc
+prices it with its ``gptq`` backend (GPTQ, act_order, on the float model's Hessians), solves
+fisher + ILP at exactly the bytes of the uniform recipe (``--budgets``), and GPTQModel's own
+GPTQ then quantizes both plans from the exported ``dynamic`` config in its venv (``make
+gptqmodel``). Each checkpoint is measured on held-out Wikipedia through GPTQModel's
+dequantized weights (KL to the float model per token, ppl); the logit SQNR of those weights
+against GPTQModel's own CPU forward on a probe batch says how far that stand-in is from the
+kernel. ``bitalloc fake-quant`` is the same plan through bitalloc's GPTQ.
+
+    python benchmarks/gptqmodel_plans.py [--budgets int4-g64-sym] [--out runs/gptqmodel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import bitalloc as ba
+from bitalloc.backends import BACKENDS
+from bitalloc.backends.export import gptqmodel as gm
+from bitalloc.backends.quantizer import Prepared
+from bitalloc.data import calibration, evaluate_lm, windows
+from bitalloc.models import cache_dir, load
+from bitalloc.search.solution import Solution, Status
+from bitalloc.search.targets import MARLIN_MENU
+
+MENU = tuple(k for k in MARLIN_MENU if k.endswith("-sym") and "-pc" not in k)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budgets", default="int4-g64-sym")
+    p.add_argument("--n-samples", type=int, default=16)
+    p.add_argument("--windows", type=int, default=8)
+    p.add_argument("--out", default="runs/gptqmodel")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    model, tok = load("smollm2-135m")
+    reference = copy.deepcopy(model)
+    calib = calibration(tok, args.n_samples, 512)
+    wiki = windows(tok, "wikipedia-heldout", 512, args.windows)
+    backend = BACKENDS.get("gptq")
+    t0 = time.perf_counter()
+    space = ba.SearchSpace.from_model(model, MENU, target="compressed-tensors")
+    prepared = Prepared(backend, model, space, calib)
+    table = ba.estimate(model, space, calib, "fisher", backend=prepared, cache_dir=cache_dir())
+    print(f"table: {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def kl(candidate: Any) -> dict[str, float]:
+        m = evaluate_lm(reference, {"m": candidate}, wiki)["m"]
+        return {"kl": m.kl, "ppl": m.ppl}
+
+    for budget in args.budgets.split(","):
+        uniform = Solution(space=space, choice=(budget,) * len(space), status=Status.FEASIBLE)
+        plans = {"GPTQModel uniform": uniform}
+        plans["bitalloc"] = ba.solve(table, ba.Budget.bytes(uniform.nbytes), "ilp")
+        for who, plan in plans.items():
+            key = f"{who} @ {budget}"
+            if key in results:
+                continue
+            plan.save(out / f"plan-{who.replace(' ', '-')}-{budget}.json")
+            handle = backend.apply(model, plan, calib=calib)
+            try:
+                fake = kl(model)
+            finally:
+                handle.restore()
+            folder = out / f"ckpt-{who.replace(' ', '-')}-{budget}"
+            shutil.rmtree(folder, ignore_errors=True)
+            t1 = time.perf_counter()
+            run = gm.quantize_model(model, plan, calib, tok, folder)
+            seconds = time.perf_counter() - t1
+            with torch.no_grad():
+                ours = run.model(run.probe_ids).logits.float()
+            theirs = run.logits.float()
+            sqnr = float(10 * torch.log10(theirs.square().sum() / (theirs - ours).square().sum()))
+            row = {
+                "gptqmodel": {**kl(run.model), "seconds": seconds, "forward_sqnr_db": sqnr},
+                "fake_quant": fake,
+                "predicted_bytes": plan.nbytes,
+                "gptqmodel_bytes": sum(lay.stored for lay in run.layers),
+                "avg_bits": plan.avg_bits,
+                "formats": {k: plan.choice.count(k) for k in sorted(set(plan.choice))},
+            }
+            results[key] = row
+            results_path.write_text(json.dumps(results, indent=1))
+            print(key, json.dumps(row), flush=True)
+    print(report(results))
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        "| budget | plan | GPTQModel KL (ppl) | its forward vs dequantized (dB) | bitalloc "
+        "GPTQ fake-quant KL | plan bytes | GPTQModel bytes | formats |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        who, _, budget = key.partition(" @ ")
+        g = r["gptqmodel"]
+        fmts = ", ".join(f"{k} {v}" for k, v in r["formats"].items())
+        lines.append(
+            f"| {budget} | {who} | {g['kl']:.4f} ({g['ppl']:.2f}) | {g['forward_sqnr_db']:.1f} | "
+            f"{r['fake_quant']['kl']:.4f} | {r['predicted_bytes']:,} | "
+            f"{r['gptqmodel_bytes']:,} | {fmts} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
