@@ -16,21 +16,18 @@ kernel. ``bitalloc fake-quant`` is the same plan through bitalloc's GPTQ.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from _toolkit_run import ToolkitRun, add_run_args
 
 import bitalloc as ba
 from bitalloc.backends import BACKENDS
 from bitalloc.backends.export import gptqmodel as gm
 from bitalloc.backends.quantizer import Prepared
-from bitalloc.data import calibration, evaluate_lm, windows
-from bitalloc.models import cache_dir, load
+from bitalloc.models import cache_dir
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.targets import MARLIN_MENU
 
@@ -40,19 +37,10 @@ MENU = tuple(k for k in MARLIN_MENU if k.endswith("-sym") and "-pc" not in k)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budgets", default="int4-g64-sym")
-    p.add_argument("--n-samples", type=int, default=16)
-    p.add_argument("--windows", type=int, default=8)
-    p.add_argument("--out", default="runs/gptqmodel")
+    add_run_args(p, "runs/gptqmodel")
     args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-
-    model, tok = load("smollm2-135m")
-    reference = copy.deepcopy(model)
-    calib = calibration(tok, args.n_samples, 512)
-    wiki = windows(tok, "wikipedia-heldout", 512, args.windows)
+    run = ToolkitRun(args)
+    model, calib = run.model, run.calib
     backend = BACKENDS.get("gptq")
     t0 = time.perf_counter()
     space = ba.SearchSpace.from_model(model, MENU, target="compressed-tensors")
@@ -60,45 +48,35 @@ def main() -> None:
     table = ba.estimate(model, space, calib, "fisher", backend=prepared, cache_dir=cache_dir())
     print(f"table: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    def kl(candidate: Any) -> dict[str, float]:
-        m = evaluate_lm(reference, {"m": candidate}, wiki)["m"]
-        return {"kl": m.kl, "ppl": m.ppl}
-
     for budget in args.budgets.split(","):
         uniform = Solution(space=space, choice=(budget,) * len(space), status=Status.FEASIBLE)
         plans = {"GPTQModel uniform": uniform}
         plans["bitalloc"] = ba.solve(table, ba.Budget.bytes(uniform.nbytes), "ilp")
         for who, plan in plans.items():
             key = f"{who} @ {budget}"
-            if key in results:
+            if key in run.results:
                 continue
-            plan.save(out / f"plan-{who.replace(' ', '-')}-{budget}.json")
-            handle = backend.apply(model, plan, calib=calib)
-            try:
-                fake = kl(model)
-            finally:
-                handle.restore()
-            folder = out / f"ckpt-{who.replace(' ', '-')}-{budget}"
+            plan.save(run.out / f"plan-{who.replace(' ', '-')}-{budget}.json")
+            fake = run.fake_quant(backend, plan)
+            folder = run.out / f"ckpt-{who.replace(' ', '-')}-{budget}"
             shutil.rmtree(folder, ignore_errors=True)
             t1 = time.perf_counter()
-            run = gm.quantize_model(model, plan, calib, tok, folder)
+            built = gm.quantize_model(model, plan, calib, run.tok, folder)
             seconds = time.perf_counter() - t1
             with torch.no_grad():
-                ours = run.model(run.probe_ids).logits.float()
-            theirs = run.logits.float()
+                ours = built.model(built.probe_ids).logits.float()
+            theirs = built.logits.float()
             sqnr = float(10 * torch.log10(theirs.square().sum() / (theirs - ours).square().sum()))
             row = {
-                "gptqmodel": {**kl(run.model), "seconds": seconds, "forward_sqnr_db": sqnr},
+                "gptqmodel": {**run.kl(built.model), "seconds": seconds, "forward_sqnr_db": sqnr},
                 "fake_quant": fake,
                 "predicted_bytes": plan.nbytes,
-                "gptqmodel_bytes": sum(lay.stored for lay in run.layers),
+                "gptqmodel_bytes": sum(lay.stored for lay in built.layers),
                 "avg_bits": plan.avg_bits,
                 "formats": {k: plan.choice.count(k) for k in sorted(set(plan.choice))},
             }
-            results[key] = row
-            results_path.write_text(json.dumps(results, indent=1))
-            print(key, json.dumps(row), flush=True)
-    print(report(results))
+            run.record(key, row)
+    print(report(run.results))
 
 
 def report(results: dict[str, Any]) -> str:

@@ -20,18 +20,16 @@ measured plan on the calibration tokens) on the same table.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import time
-from pathlib import Path
 from typing import Any
+
+from _toolkit_run import ToolkitRun, add_run_args
 
 import bitalloc as ba
 from bitalloc.backends import BACKENDS
 from bitalloc.backends.export import EXPORTERS, hqq
 from bitalloc.backends.quantizer import Prepared
-from bitalloc.data import calibration, evaluate_lm, windows
-from bitalloc.models import cache_dir, load
+from bitalloc.models import cache_dir
 from bitalloc.search.pipeline import refine
 from bitalloc.search.solution import Solution, Status
 
@@ -42,21 +40,12 @@ TAGS = r"re:model\.layers\.\d+\.(.*)"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budgets", default="int4-g64,int3-g64")
-    p.add_argument("--n-samples", type=int, default=16)
-    p.add_argument("--windows", type=int, default=8)
     p.add_argument("--quantizer", default="hqq", choices=("hqq", "rtn"))
     p.add_argument("--effort", default="", help="also the default pipeline: fast|default")
-    p.add_argument("--out", default="runs/hqq")
+    add_run_args(p, "runs/hqq")
     args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-
-    model, tok = load("smollm2-135m")
-    reference = copy.deepcopy(model)
-    calib = calibration(tok, args.n_samples, 512)
-    wiki = windows(tok, "wikipedia-heldout", 512, args.windows)
+    run = ToolkitRun(args)
+    model, calib = run.model, run.calib
     backend = BACKENDS.get(args.quantizer)
     t0 = time.perf_counter()
     space = ba.SearchSpace.from_model(model, MENU, tie=[TAGS])
@@ -64,35 +53,27 @@ def main() -> None:
     table = ba.estimate(model, space, calib, "fisher", backend=prepared, cache_dir=cache_dir())
     print(f"table: {time.perf_counter() - t0:.0f} s, {len(space.tie_groups())} tags", flush=True)
 
-    def kl(candidate: Any) -> dict[str, float]:
-        m = evaluate_lm(reference, {"m": candidate}, wiki)["m"]
-        return {"kl": m.kl, "ppl": m.ppl}
-
     exporter = EXPORTERS.get("hqq")
     for budget in args.budgets.split(","):
         uniform = Solution(space=space, choice=(budget,) * len(space), status=Status.FEASIBLE)
         plans = {"HQQ uniform": uniform}
         plans["bitalloc"] = ba.solve(table, ba.Budget.bytes(uniform.nbytes), "ilp")
-        if args.effort and f"bitalloc-{args.effort} @ {budget}" not in results:
+        if args.effort and f"bitalloc-{args.effort} @ {budget}" not in run.results:
             plans[f"bitalloc-{args.effort}"] = refine(
                 model, calib, table, ba.Budget.bytes(uniform.nbytes), backend=prepared,
                 effort=args.effort,
             )  # fmt: skip
         for who, plan in plans.items():
             key = f"{who} @ {budget}"
-            if key in results:
+            if key in run.results:
                 continue
             assert exporter.check(plan) == [], key
-            plan.save(out / f"plan-{who.replace(' ', '-')}-{budget}.json")
-            handle = backend.apply(model, plan, calib=calib)
-            try:
-                fake = kl(model)
-            finally:
-                handle.restore()
+            plan.save(run.out / f"plan-{who.replace(' ', '-')}-{budget}.json")
+            fake = run.fake_quant(backend, plan)
             t1 = time.perf_counter()
             built, layers = hqq.quantize_model(model, plan)
             row = {
-                "hqq": {**kl(built), "seconds": time.perf_counter() - t1},
+                "hqq": {**run.kl(built), "seconds": time.perf_counter() - t1},
                 "fake_quant": fake,
                 "predicted_bytes": plan.nbytes,
                 "hqq_bytes": sum(lay.stored for lay in layers),
@@ -101,10 +82,8 @@ def main() -> None:
                 "quantizer": args.quantizer,
             }
             del built
-            results[key] = row
-            results_path.write_text(json.dumps(results, indent=1))
-            print(key, json.dumps(row), flush=True)
-    print(report(results))
+            run.record(key, row)
+    print(report(run.results))
 
 
 def report(results: dict[str, Any]) -> str:

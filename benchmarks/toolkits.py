@@ -36,12 +36,11 @@ beside ``bitalloc fake-quant``, the backend's own ``W_hat`` (the gap to it is th
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import shutil
 import time
-from pathlib import Path
 from typing import Any
+
+from _toolkit_run import ToolkitRun, add_run_args
 
 import bitalloc as ba
 from bitalloc.backends import BACKENDS
@@ -50,8 +49,7 @@ from bitalloc.backends.export import ct_checkpoint as ct
 from bitalloc.backends.export import modelopt as mo
 from bitalloc.backends.export import torchao as tao
 from bitalloc.backends.quantizer import Prepared
-from bitalloc.data import calibration, evaluate_lm, windows
-from bitalloc.models import cache_dir, load
+from bitalloc.models import cache_dir
 from bitalloc.search.solution import Solution, Status
 from bitalloc.search.targets import MARLIN_MENU
 
@@ -69,9 +67,7 @@ def main() -> None:
         default="nncf_ratio,mlx_threshold,llamacpp_km",
         help="rule solvers on the same table at the same bytes (checkpoint rows only)",
     )
-    p.add_argument("--n-samples", type=int, default=16)
-    p.add_argument("--windows", type=int, default=8)
-    p.add_argument("--out", default="runs/toolkits")
+    add_run_args(p, "runs/toolkits")
     p.add_argument(
         "--llm-compressor",
         default="gptq",
@@ -79,15 +75,10 @@ def main() -> None:
         help="also run llm-compressor's oneshot on every plan (after `make llm-compressor`)",
     )
     args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-
-    model, tok = load("smollm2-135m")
-    reference = copy.deepcopy(model)  # the float model every row is measured against
-    calib = calibration(tok, args.n_samples, 512)
-    wiki = windows(tok, "wikipedia-heldout", 512, args.windows)
+    run = ToolkitRun(args)
+    out, results = run.out, run.results
+    model, tok, calib = run.model, run.tok, run.calib
+    record, kl = run.record, run.kl
     backend = BACKENDS.get(args.quantizer)
     menus = {"bitalloc": MARLIN_MENU, "bitalloc-sym": [k for k in MARLIN_MENU if "sym" in k]}
     tables: dict[str, Any] = {}
@@ -98,15 +89,6 @@ def main() -> None:
         table = ba.estimate(model, space, calib, "fisher", backend=prepared, cache_dir=cache_dir())
         tables[name] = (space, table, time.perf_counter() - t0)
         print(f"table {name}: {tables[name][2]:.0f} s", flush=True)
-
-    def record(key: str, row: dict[str, Any]) -> None:
-        results[key] = {**results.get(key, {}), **row}
-        results_path.write_text(json.dumps(results, indent=1))
-        print(key, json.dumps(row), flush=True)
-
-    def kl(candidate: Any) -> dict[str, float]:
-        m = evaluate_lm(reference, {"m": candidate}, wiki)["m"]
-        return {"kl": m.kl, "ppl": m.ppl}
 
     for budget in args.budgets.split(","):
         space, table, _ = tables["bitalloc"]
@@ -122,11 +104,7 @@ def main() -> None:
             if key in results:
                 continue
             plan.save(out / f"plan-{who}-{budget}.json")
-            handle = backend.apply(model, plan, calib=calib)
-            try:
-                fake = kl(model)
-            finally:
-                handle.restore()
+            fake = run.fake_quant(backend, plan)
             row: dict[str, Any] = {
                 "predicted_bytes": plan.nbytes,
                 "avg_bits": plan.avg_bits,

@@ -120,6 +120,39 @@ def check_plan(model: nn.Module, solution: Solution) -> dict[str, nn.Module]:
     return found
 
 
+def refuse_unsupported(backend: Backend, solution: Solution, builds: str) -> None:
+    """ValueError naming the first units of ``solution`` that ``backend`` cannot build (its
+    ``supports``); ``builds`` says what it does build."""
+    bad = [
+        f"{u.name}={k}"
+        for u, k, f in zip(solution.space.units, solution.choice, solution.formats)
+        if not backend.supports(u, f)
+    ]
+    if bad:
+        raise ValueError(f"the {backend.name} backend builds {builds}; not: {', '.join(bad[:5])}")
+
+
+class UnitViews:
+    """The weights of a space's units (views into the model), for a backend's ``W_hat``
+    source: :meth:`take` checks the format is allowed and gives the float32 weight."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace) -> None:
+        from ..nn.units import unit_modules, unit_weight
+
+        self.space = space
+        modules = unit_modules(model, space.units)
+        self._views = [unit_weight(modules[u.name], u) for u in space.units]
+
+    def take(self, index: int, key: str) -> tuple[Unit, QuantFormat, torch.Tensor]:
+        """Unit ``index``, the format ``key`` (ValueError when the unit may not take it) and
+        the unit's weight as float32 on the CPU."""
+        unit = self.space.units[index]
+        if key not in unit.allowed:
+            raise ValueError(f"unit {unit.name!r} cannot take format {key!r}; {unit.allowed}")
+        fmt = self.space.formats[self.space.keys.index(key)]
+        return unit, fmt, self._views[index].detach().float().cpu()
+
+
 def restore_weights(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
     """Copy the saved weights (layer FQN -> tensor) back into ``model``."""
     import torch

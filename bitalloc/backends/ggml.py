@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..nn.units import unit_modules, unit_weight
 from ..search.choices import Choice, set_choice
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
 from . import BACKENDS
-from .base import AppliedPlan, check_plan, write_weights
+from .base import AppliedPlan, UnitViews, check_plan, refuse_unsupported, write_weights
 from .quantizer import Quantized, quantize_unit
 
 if TYPE_CHECKING:
@@ -79,27 +78,22 @@ class GgmlBackend:
 
     def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
         modules = check_plan(model, solution)
-        bad = [
-            f"{u.name}={k}"
-            for u, k, f in zip(solution.space.units, solution.choice, solution.formats)
-            if not self.supports(u, f)
-        ]
-        if bad:
-            raise ValueError(
-                "the ggml backend builds ggml types (q4_k, q8_0, ...) and 16-bit floats on "
-                f"2-D weights whose rows fit the type's block; not: {', '.join(bad[:5])}"
-            )
+        refuse_unsupported(
+            self,
+            solution,
+            "ggml types (q4_k, q8_0, ...) and 16-bit floats on 2-D weights whose rows fit the "
+            "type's block",
+        )
         source = self.quantized(model, solution.space, calib)
         return write_weights(model, solution, modules, source, keep_codes=self.keep_codes)
 
 
-class GgmlWeights:
+class GgmlWeights(UnitViews):
     """The ggml backend's ``W_hat`` for a search space (importance collected once)."""
 
     def __init__(self, backend: GgmlBackend, model: nn.Module, space: SearchSpace, calib: Any):
-        self.backend, self.space = backend, space
-        modules = unit_modules(model, space.units)
-        self._views = [unit_weight(modules[u.name], u) for u in space.units]
+        super().__init__(model, space)
+        self.backend = backend
         self.importance: dict[str, torch.Tensor] = {}
         if backend.uses_imatrix(calib):
             from ..nn import input_moments
@@ -112,11 +106,7 @@ class GgmlWeights:
     def get(self, index: int, key: str) -> Quantized:
         import torch
 
-        unit = self.space.units[index]
-        if key not in unit.allowed:
-            raise ValueError(f"unit {unit.name!r} cannot take format {key!r}; {unit.allowed}")
-        fmt = self.space.formats[self.space.keys.index(key)]
-        w = self._views[index].detach().float().cpu()
+        unit, fmt, w = self.take(index, key)
         if fmt.is_float:
             return quantize_unit(w, fmt)  # the one 16-bit cast
         from ..toolkits import ggml

@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..nn.units import unit_modules, unit_weight
 from ..search.formats import QuantFormat
 from ..search.solution import Solution
 from ..search.space import SearchSpace, Unit
 from . import BACKENDS
-from .base import AppliedPlan, check_plan, write_weights
+from .base import AppliedPlan, UnitViews, check_plan, refuse_unsupported, write_weights
 from .quantizer import Quantized, quantize_unit
 
 if TYPE_CHECKING:
@@ -62,34 +61,21 @@ class HqqBackend:
 
     def apply(self, model: nn.Module, solution: Solution, *, calib: Any = None) -> AppliedPlan:
         modules = check_plan(model, solution)
-        bad = [
-            f"{u.name}={k}"
-            for u, k, f in zip(solution.space.units, solution.choice, solution.formats)
-            if not self.supports(u, f)
-        ]
-        if bad:
-            raise ValueError(
-                "the hqq backend builds asymmetric 2/3/4/8-bit grids (groups a multiple of 8, "
-                f"or per-channel) and 16-bit floats on 2-D weights; not: {', '.join(bad[:5])}"
-            )
+        refuse_unsupported(
+            self,
+            solution,
+            "asymmetric 2/3/4/8-bit grids (groups a multiple of 8, or per-channel) and 16-bit "
+            "floats on 2-D weights",
+        )
         source = self.quantized(model, solution.space)
         return write_weights(model, solution, modules, source, keep_codes=self.keep_codes)
 
 
-class HqqWeights:
+class HqqWeights(UnitViews):
     """``W_hat`` of every (unit, format) of a space by HQQ's quantizer."""
 
-    def __init__(self, model: nn.Module, space: SearchSpace) -> None:
-        self.space = space
-        modules = unit_modules(model, space.units)
-        self._views = [unit_weight(modules[u.name], u) for u in space.units]
-
     def get(self, index: int, key: str) -> Quantized:
-        unit = self.space.units[index]
-        if key not in unit.allowed:
-            raise ValueError(f"unit {unit.name!r} cannot take format {key!r}; {unit.allowed}")
-        fmt = self.space.formats[self.space.keys.index(key)]
-        w = self._views[index].detach().float().cpu()
+        _, fmt, w = self.take(index, key)
         if fmt.is_float:
             return quantize_unit(w, fmt)
         return Quantized(hqq_weight(w, fmt), None, None, None, None)

@@ -31,7 +31,7 @@ import numpy as np
 from ...search.solution import Solution
 from ...search.space import SearchSpace
 from ...toolkits import llamacpp
-from .gguf_file import EMBEDDING, embedding_searched
+from .gguf_file import embedding_searched, searches_embedding
 from .llamacpp import LlamaCppExporter, gguf_name
 
 
@@ -131,11 +131,10 @@ def quantize(
         raise ValueError(f"`source` GGUF not found: {source}")
     if out.resolve() == source.resolve():
         raise ValueError("`out` must differ from `source`")
-    exporter = LlamaCppExporter(arch=arch)
-    if embedding_type is not None and EMBEDDING in exporter.types(solution):
+    if embedding_type is not None and searches_embedding(solution.space, arch):
         raise ValueError(embedding_searched("embedding_type"))
     exe = llamacpp.tool("llama-quantize")
-    text = exporter.render(solution)
+    text = LlamaCppExporter(arch=arch).render(solution)
     with tempfile.TemporaryDirectory() as tmpdir:
         types = Path(tmpdir) / "tensor-types.txt"
         types.write_text(text)
