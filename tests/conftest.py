@@ -95,10 +95,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def gguf_llama_dir(tmp_path_factory) -> Path:
-    """A Hugging Face folder llama.cpp's converter accepts: a random Llama with SmolLM2's
-    tokenizer, rows of 256 (K-quants fit) and ffn_down rows of 544 (32-block types only)."""
+def _gguf_llama(folder: Path, tied: bool) -> Path:
     from transformers import AutoTokenizer
 
     from bitalloc.models.smollm2 import cached_folder
@@ -108,11 +105,24 @@ def gguf_llama_dir(tmp_path_factory) -> Path:
         hidden=256,
         intermediate=544,
         vocab=len(tok),
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    folder = tmp_path_factory.mktemp("gguf-llama")
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def gguf_llama_dir(tmp_path_factory) -> Path:
+    """A Hugging Face folder llama.cpp's converter accepts: a random Llama with SmolLM2's
+    tokenizer, rows of 256 (K-quants fit) and ffn_down rows of 544 (32-block types only), its
+    lm_head tied to the token embedding (as SmolLM2's)."""
+    return _gguf_llama(tmp_path_factory.mktemp("gguf-llama"), tied=True)
+
+
+@pytest.fixture(scope="session")
+def gguf_untied_llama_dir(tmp_path_factory) -> Path:
+    """:func:`gguf_llama_dir` with a separate lm_head (GGUF ``output.weight``)."""
+    return _gguf_llama(tmp_path_factory.mktemp("gguf-untied-llama"), tied=False)

@@ -131,6 +131,33 @@ def test_search_the_tied_embedding_in_a_whole_file_then_build_it(
     assert len(only.space) == len(sol.space) - 1  # lm_head stays out of a tensors-only search
 
 
+@pytest.mark.slow
+def test_a_whole_file_search_of_an_untied_model_searches_its_embedding(
+    gguf_untied_llama_dir, tmp_path, capsys
+) -> None:
+    from bitalloc.backends.export import gguf as G
+
+    folder = gguf_untied_llama_dir
+    source = folder / "model-f32.gguf"
+    if not source.is_file():
+        G.float_gguf(folder, source)
+    plan, whole = tmp_path / "plan.json", 18_000_000
+    assert main(search(folder, plan, "--bytes", str(whole), "--float", str(source))) == 0
+    sol = Solution.load(plan)
+    kinds = {u.name: u.embedding for u in sol.space.units}
+    assert kinds["model.embed_tokens"] and kinds["lm_head"] is False
+    out = tmp_path / "model.gguf"
+    capsys.readouterr()
+    assert main(["gguf", str(plan), "-o", str(out), "--float", str(source)]) == 0
+    text = capsys.readouterr().out
+    size = G.file_bytes(out)
+    assert f"({size:,} bytes; predicted {size:,})" in text and size <= whole
+    held = G.tensors(out)
+    types = dict(zip(sol.space.names, sol.choice))
+    assert held["token_embd.weight"].type == types["model.embed_tokens"].upper()
+    assert held["output.weight"].type == types["lm_head"].upper()
+
+
 def head_bytes(sol: Solution) -> int:
     return sol.formats[-1].nbytes(sol.space.units[-1].shape)
 
@@ -139,6 +166,7 @@ def head_bytes(sol: Solution) -> int:
     "flags, message",
     [
         (["--avg-bits", "5", "--lm-head", "--exclude", "x"], "--lm-head replaces the default"),
+        (["--avg-bits", "5", "--embeddings", "--exclude", "x"], "--embeddings replaces the"),
         (["--avg-bits", "5", "--tensors-only"], "--tensors-only goes with --target llama.cpp"),
         (["--bytes", "9e6", "--file-bytes", "9e6"], "give exactly one of"),
         (

@@ -99,7 +99,8 @@ class GgmlWeights(UnitViews):
             from ..nn import input_moments
             from ..search.calibration import as_calibration
 
-            fqns = sorted({u.fqn for u in space.units})
+            # an embedding table is read by index: no input, no importance (as llama-imatrix)
+            fqns = sorted({u.fqn for u in space.units if not u.embedding})
             moments = input_moments(model, fqns, as_calibration(calib))
             self.importance = {f: m.mean_square for f, m in moments.items()}
 

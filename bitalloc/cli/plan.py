@@ -59,10 +59,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             QuantFormat.ggml_type(args.embedding_type)  # ValueError names the valid types
         if args.float is not None and not Path(args.float).is_file():
             raise CliError(f"--float: no such GGUF file: {args.float}")
-    if args.lm_head and args.exclude is not None:
-        raise CliError("--lm-head replaces the default --exclude; give one or the other")
+    for flag in ("lm_head", "embeddings"):
+        if getattr(args, flag) and args.exclude is not None:
+            name = "--" + flag.replace("_", "-")
+            raise CliError(f"{name} replaces the default --exclude; give one or the other")
     if args.file_bytes is not None and args.embedding_type is None and args.exclude is None:
-        args.lm_head = True  # the whole file: the token embedding (a tied lm_head) is searched
+        # the whole file: lm_head and the token embedding (tied to it, or not) are searched
+        args.lm_head = args.embeddings = True
     check_name("estimator", args.estimator)
     if args.solver is not None:
         check_name("solver", args.solver)
@@ -104,6 +107,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         tie=tie,
         channel_group=args.channel_group,
         lm_head=args.lm_head,
+        embeddings=args.embeddings,
         cache_dir=None if args.no_cache else cache_dir(),
         callback=progress("search", args.quiet),
         fitness=args.fitness,
@@ -161,6 +165,7 @@ def _file_budget(args: argparse.Namespace, model: Any, formats: Any, calib: Any)
         tie=None,
         target=args.target,
         lm_head=args.lm_head,
+        embeddings=args.embeddings,
     )
     if args.embedding_type is not None and searches_embedding(probe):
         raise CliError(embedding_searched("--embedding-type"))
@@ -335,7 +340,7 @@ def register(sub: Any) -> None:
         "--file-bytes",
         type=float,
         help="budget (--target llama.cpp): bytes of the whole GGUF file, header, token "
-        "embedding and norms included; lm_head (and a tied token embedding) is searched "
+        "embedding and norms included; lm_head and the token embedding are searched "
         "unless --embedding-type fixes the embedding's type",
     )
     s.add_argument(
@@ -397,6 +402,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="search lm_head too; a tied one is the token embedding as well (with "
         "--target llama.cpp: GGUF's token_embd.weight takes the plan's type)",
+    )
+    s.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="search the embedding tables (nn.Embedding) too; --target llama.cpp only "
+        "(GGUF's token_embd.weight takes the plan's type)",
     )
     s.add_argument("--n-samples", type=int, default=16, help="calibration windows (0 = none)")
     s.add_argument("--seq-len", type=int, default=512)

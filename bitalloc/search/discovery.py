@@ -23,6 +23,7 @@ def discover(
     tie: Sequence[str] | str | None = None,
     channel_group: int | None = None,
     example_input: Any = None,
+    embeddings: bool = False,
 ) -> tuple[Unit, ...]:
     """The units of ``model`` (see :meth:`SearchSpace.from_model` for the arguments)."""
     from torch import nn
@@ -43,10 +44,20 @@ def discover(
     exc = _patterns(DEFAULT_EXCLUDE if exclude is None else exclude, "exclude")
     units: list[Unit] = []
     owners = _weight_owners(model)
+    multiplied = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    }
+    tied_tables = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        table = embeddings and isinstance(mod, nn.Embedding)
+        if not table and not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             continue
         if (inc and not _matches(name, inc)) or _matches(name, exc):
+            continue
+        if table and id(mod.weight) in multiplied:
+            tied_tables.append(name)  # searched as the lm_head that multiplies by it
             continue
         shape = tuple(int(s) for s in mod.weight.shape)
         allowed = tuple(f.key for f in formats if f.supports(shape))
@@ -55,7 +66,9 @@ def discover(
         if shares is not None and any(u.fqn == owner for u in units):
             continue  # the tensor is searched once, as its owner
         if channel_group is None:
-            units.append(Unit(name=name, shape=shape, allowed=allowed, shares=shares))
+            units.append(
+                Unit(name=name, shape=shape, allowed=allowed, shares=shares, embedding=table)
+            )
             continue
         for start in range(0, shape[0], channel_group):
             stop = min(start + channel_group, shape[0])
@@ -66,18 +79,28 @@ def discover(
                     allowed=allowed,
                     channels=(start, stop),
                     shares=shares,
+                    embedding=table,
                 )
+            )
+    for name in tied_tables:
+        if not any(u.shares == name for u in units):
+            raise ValueError(
+                f"{name}'s weight is tied to a linear layer (lm_head) that is not searched: "
+                "search the tied tensor with lm_head=True"
             )
     if not units:
         raise ValueError(
-            "the search space is empty: no nn.Linear/Conv module matched "
+            "the search space is empty: no nn.Linear/Conv/Embedding module matched "
             f"include={list(inc) or 'all'} exclude={list(exc)}"
         )
     if channel_group is not None:
         return tuple(units)
     labels = _tie_labels(model, [u.name for u in units], tie, example_input)
     return tuple(
-        Unit(u.name, u.shape, u.allowed, labels.get(u.name), shares=u.shares) for u in units
+        Unit(
+            u.name, u.shape, u.allowed, labels.get(u.name), shares=u.shares, embedding=u.embedding
+        )
+        for u in units
     )
 
 

@@ -88,6 +88,7 @@ def search_with_table(
     tie: Sequence[str] | str | None = "auto",
     channel_group: int | None = None,
     lm_head: bool = False,
+    embeddings: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     callback: Progress | None = None,
     fitness: str = "auto",
@@ -112,9 +113,9 @@ def search_with_table(
             (:data:`bitalloc.search.pipeline.SCHEDULES`).
         time_limit: seconds for the whole call; the table and its exact optimum always
             complete, later stages stop when it expires (status LIMIT, best plan so far).
-        include, exclude, tie, channel_group, lm_head: the search space
+        include, exclude, tie, channel_group, lm_head, embeddings: the search space
             (:meth:`SearchSpace.from_model`; ``lm_head=True`` searches the output projection,
-            and with it a tied token embedding).
+            and with it a tied token embedding; ``embeddings=True`` an untied one).
         cache_dir: cache the sensitivity table there.
         fitness: with a black-box ``solver``: ``"kl"``, ``"table"`` or ``"auto"`` (see
             :func:`solve_with_fitness`).
@@ -141,6 +142,7 @@ def search_with_table(
         example_input=example,
         target=target,
         lm_head=lm_head,
+        embeddings=embeddings,
     )
     if backend == "auto":
         if target is not None:

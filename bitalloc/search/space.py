@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 SPACE_VERSION = 1
 MAX_DIM = 1 << 31  # no weight dimension is larger; also keeps numel exact in float64
 EMBEDDINGS = "re:(.*\\.)?(embed|wte|wpe|embeddings)(\\..*)?"
-DEFAULT_EXCLUDE = ("re:(.*\\.)?lm_head", EMBEDDINGS)
+LM_HEAD = "re:(.*\\.)?lm_head"
+DEFAULT_EXCLUDE = (LM_HEAD, EMBEDDINGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,9 @@ class Unit:
             (the same tensor): a causal LM's tied ``lm_head`` shares ``model.embed_tokens``'s,
             so quantizing the unit quantizes the token embedding too, and files that store the
             tensor once (GGUF ``token_embd.weight``) name it by this module. ``None`` = its own.
+        embedding: the weight is a lookup table (an ``nn.Embedding``, ``[vocab, dim]``): rows
+            are read by index, never multiplied, so it has no input statistics and only
+            targets that store quantized embeddings (llama.cpp) take it.
     """
 
     name: str
@@ -50,6 +54,7 @@ class Unit:
     tie: str | None = None
     channels: tuple[int, int] | None = None
     shares: str | None = None
+    embedding: bool = False
 
     def __post_init__(self) -> None:
         shape = self.shape
@@ -98,6 +103,8 @@ class Unit:
             d["channels"] = list(self.channels)
         if self.shares is not None:
             d["shares"] = self.shares
+        if self.embedding:
+            d["embedding"] = True
         return d
 
     @classmethod
@@ -109,6 +116,7 @@ class Unit:
             tie=d.get("tie"),
             channels=tuple(d["channels"]) if d.get("channels") is not None else None,
             shares=None if d.get("shares") is None else str(d["shares"]),
+            embedding=d.get("embedding", False) is True,
         )
 
 
@@ -254,8 +262,10 @@ class SearchSpace:
         backend: Any = None,
         target: Any = None,
         lm_head: bool = False,
+        embeddings: bool = False,
     ) -> SearchSpace:
-        """Discover the units of ``model`` (every ``nn.Linear`` and ``nn.Conv{1,2,3}d``).
+        """Discover the units of ``model`` (every ``nn.Linear`` and ``nn.Conv{1,2,3}d``; with
+        ``embeddings``, every ``nn.Embedding`` too).
 
         Args:
             model: the network; units are named by ``model.named_modules()``.
@@ -284,18 +294,27 @@ class SearchSpace:
                 ``lm_head``). When its weight is tied to the token embedding, as in SmolLM2,
                 the unit is that one tensor (:attr:`Unit.shares`): its format is the
                 embedding's too, and a GGUF stores it once as ``token_embd.weight``.
+            embeddings: search the token (and position) embedding tables, ``nn.Embedding``
+                modules whose weight no ``nn.Linear`` shares (:attr:`Unit.embedding`; a tied
+                one is the ``lm_head`` unit). Their rows are quantized along the embedding
+                dimension, as llama.cpp stores ``token_embd.weight``. Only targets that store
+                quantized embeddings take them (llama.cpp).
         """
         from .discovery import discover
 
-        if not isinstance(lm_head, bool):
-            raise TypeError(f"`lm_head` must be a bool, got {lm_head!r}")
-        if lm_head:
+        for arg, value in (("lm_head", lm_head), ("embeddings", embeddings)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{arg}` must be a bool, got {value!r}")
+        if lm_head or embeddings:
             if exclude is not None:
+                flag = "lm_head" if lm_head else "embeddings"
                 raise ValueError(
-                    "`lm_head=True` replaces the default `exclude` (embeddings and lm_head) "
-                    "with the embeddings only; pass `exclude` or `lm_head`, not both"
+                    f"`{flag}=True` replaces the default `exclude` (embeddings and lm_head); "
+                    f"pass `exclude` or `{flag}`, not both"
                 )
-            exclude = (EMBEDDINGS,)
+            exclude = tuple(
+                p for p, keep in ((LM_HEAD, lm_head), (EMBEDDINGS, embeddings)) if not keep
+            )
 
         t = None
         if target is not None:
@@ -315,7 +334,14 @@ class SearchSpace:
             tie=tie,
             channel_group=channel_group,
             example_input=example_input,
+            embeddings=embeddings,
         )
+        tables = [u for u in units if u.embedding]
+        if t is not None and tables and not t.embeddings:
+            raise ValueError(
+                f"target {t.name!r} stores no quantized embedding ({tables[0].fqn}); "
+                "search it without `embeddings`"
+            )
         tied = [u for u in units if u.shares is not None]
         if t is not None and tied and not t.tied:
             raise ValueError(

@@ -54,6 +54,7 @@ class Target:
         fused: whether the runtime fuses q/k/v and gate/up (they get ``tie="auto"``).
         tied: whether it stores a weight shared by two modules (a tied ``lm_head`` and the
             token embedding) as one quantized tensor, so that weight can be a searched unit.
+        embeddings: whether it stores a quantized ``nn.Embedding`` table (:attr:`Unit.embedding`).
     """
 
     name: str
@@ -61,6 +62,7 @@ class Target:
     backend: str
     fused: bool = False
     tied: bool = False
+    embeddings: bool = False
 
     def problem(self, fmt: QuantFormat) -> str | None:
         """Why this target cannot store ``fmt`` (any shape), or None."""
@@ -98,7 +100,7 @@ def _short(t: Target) -> str:
 
 
 TARGETS = {
-    "llama.cpp": Target("llama.cpp", LLAMACPP_MENU, backend="ggml", tied=True),
+    "llama.cpp": Target("llama.cpp", LLAMACPP_MENU, backend="ggml", tied=True, embeddings=True),
     "compressed-tensors": Target("compressed-tensors", MARLIN_MENU, backend="gptq", fused=True),
 }
 

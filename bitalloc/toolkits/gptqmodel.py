@@ -7,8 +7,9 @@ load beside the torch 2.13 CPU build. So ``make gptqmodel`` makes a separate ven
 built from its sdist with ``BUILD_CUDA_EXT=0``), once per machine. :func:`quantize` runs
 ``gptqmodel_worker.py`` with ``GPTQMODEL_CPU_WORKERS=2`` (on 2 cores GPTQModel's thread pool
 refuses to start otherwise): GPTQModel quantizes the float model folder with the exported
-``QuantizeConfig``, saves its checkpoint, loads it back with its own CPU kernels, and writes
-the dequantized weights and the logits of its own forward.
+``QuantizeConfig`` (its own GPTQ, or bitalloc's codes given as ``codes``), saves its
+checkpoint, loads it back with its own CPU kernels, and writes the dequantized weights and the
+logits of its own forward.
 """
 
 from __future__ import annotations
@@ -52,13 +53,20 @@ def quantize(
     out: str | os.PathLike[str],
     probe: str | os.PathLike[str],
     *,
+    codes: str | os.PathLike[str] | None = None,
     timeout: float = 3600.0,
 ) -> str:
     """Quantize ``model_dir`` with GPTQModel (``config``: the exported ``quantization_config``;
     ``calib``: a safetensors file of token ids ``batch_i``), save the checkpoint to ``out`` and
     write ``probe`` (safetensors: the dequantized weights of every quantized layer and
-    ``__logits__`` of GPTQModel's own forward on ``__probe_ids__`` read from ``calib``)."""
+    ``__logits__`` of GPTQModel's own forward on ``__probe_ids__`` read from ``calib``).
+
+    ``codes`` (safetensors: ``NAME.weight``, ``NAME.scale``, ``NAME.zero`` per planned layer)
+    replaces GPTQModel's GPTQ solve with those weights; GPTQModel still packs, saves and loads
+    the checkpoint."""
     paths = [Path(p) for p in (model_dir, calib, out, probe)]
+    if codes is not None:
+        paths.append(Path(codes))
     return TOOLKIT.run_worker(WORKER, paths, config=config, timeout=timeout)
 
 

@@ -117,6 +117,46 @@ def test_a_searched_tied_embedding_is_the_files_token_embd(float_model, tmp_path
     assert not (tmp_path / "x.gguf").exists()
 
 
+@pytest.mark.parametrize("imatrix", ["off", "on"])
+def test_a_searched_untied_embedding_is_the_files_token_embd(
+    gguf_untied_llama_dir, tmp_path, imatrix
+) -> None:
+    """``embeddings=True`` on an untied model: ``model.embed_tokens`` (an ``nn.Embedding``) is a
+    unit of its own, stored as ``token_embd.weight`` at the plan's type, bit for bit the
+    backend's ``W_hat``; ``lm_head`` is ``output.weight``. The embedding has no matmul input, so
+    the imatrix holds no entry for it (as ``llama-imatrix``'s), and the file is the predicted
+    size."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from bitalloc.backends.export.gguf_file import predicted_file_bytes
+
+    folder = gguf_untied_llama_dir
+    model = LlamaForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    f32 = G.float_gguf(folder, tmp_path / "model-f32.gguf")
+    space = SearchSpace.from_model(
+        model, target="llama.cpp", tie=None, lm_head=True, embeddings=True
+    )
+    table = space.units[space.index("model.embed_tokens")]
+    assert table.embedding and table.shares is None and space.units[-1].name == "lm_head"
+    calib = calibration(tok) if imatrix == "on" else None
+    source = GgmlBackend(imatrix=imatrix).quantized(model, space, calib)
+    path = None
+    if imatrix == "on":
+        values = G.imatrix_of(source.importance, space=space)
+        assert "output.weight" in values and "token_embd.weight" not in values
+        path = G.write_imatrix(values, tmp_path / "imatrix.dat")
+    plan = random_plan(space, seed=5)
+    choice = list(plan.choice)
+    choice[space.index("model.embed_tokens")], choice[-1] = "q3_k", "q6_k"
+    plan = Solution(space, tuple(choice), Status.FEASIBLE)
+    out = G.quantize(plan, f32, tmp_path / "untied.gguf", imatrix=path)
+    assert_file_holds(plan, out, source)
+    held = G.tensors(out)
+    assert (held["token_embd.weight"].type, held["output.weight"].type) == ("Q3_K", "Q6_K")
+    assert predicted_file_bytes(plan, f32, imatrix=path) == G.file_bytes(out)
+
+
 def test_llama_perplexity_ranks_plans_by_bits(float_model, tmp_path) -> None:
     from bitalloc.data import corpora
 

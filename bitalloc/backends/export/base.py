@@ -35,7 +35,8 @@ class Violation:
     Args:
         unit: the unit, layer or fused group concerned.
         rule: ``"fused"``, ``"channels"``, ``"tag"``, ``"bits"``, ``"group_size"``,
-            ``"symmetric"``, ``"block_size"``, ``"sparsity"``, ``"name"`` or ``"tied"``.
+            ``"symmetric"``, ``"block_size"``, ``"sparsity"``, ``"name"``, ``"tied"`` or
+            ``"embedding"``.
         message: what is wrong and what the target accepts.
         fixable: whether :meth:`Exporter.fix` can repair it by raising formats.
     """
@@ -263,3 +264,48 @@ def code_source(quantizer: Any, arg: str = "quantizer") -> Any:
             f"got {type(quantizer).__name__}"
         )
     return dataclasses.replace(quantizer, keep_codes=True)
+
+
+@dataclass(frozen=True)
+class LayerCodes:
+    """One planned layer as a code source left it: ``weight`` is ``W_hat`` and ``codes`` its
+    integer codes (int16, signed for a symmetric grid), both ``[out, in]``; ``scale`` (fp16) and
+    ``zero`` (``None`` for a symmetric grid) are ``[out, groups]``. A float format has only
+    ``weight``."""
+
+    fqn: str
+    format: QuantFormat
+    weight: Any
+    codes: Any
+    scale: Any
+    zero: Any
+
+
+def layer_codes(model: Any, solution: Solution, backend: Any, calib: Any) -> list[LayerCodes]:
+    """Every planned layer of ``solution`` quantized by ``backend`` (a :func:`code_source`),
+    channel slices joined in row order; ``model`` is restored before this returns."""
+    import torch
+
+    layers: dict[str, list[tuple[int, str, QuantFormat]]] = {}
+    for u, fmt in zip(solution.space.units, solution.formats):
+        start = (u.channels or (0, u.shape[0]))[0]
+        layers.setdefault(u.fqn, []).append((start, u.name, fmt))
+    handle = backend.apply(model, solution, calib=calib)
+    try:
+        kept = handle.tensors
+        out = []
+        for fqn, parts in layers.items():
+            parts.sort()
+            fmt = parts[0][2]
+            qs = [kept[name] for _, name, _ in parts]
+            weight = torch.cat([q.weight for q in qs]).contiguous()
+            if fmt.is_float:
+                out.append(LayerCodes(fqn, fmt, weight, None, None, None))
+                continue
+            codes = torch.cat([q.codes.reshape(q.codes.shape[0], -1) for q in qs])
+            scale = torch.cat([q.scale for q in qs])
+            zero = None if fmt.symmetric else torch.cat([q.zero for q in qs])
+            out.append(LayerCodes(fqn, fmt, weight, codes, scale, zero))
+        return out
+    finally:
+        handle.restore()

@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...search._io import atomic_write_folder, read_json
-from ...search.formats import QuantFormat
 from ...search.solution import Solution
-from .base import ExportViolations, LayerBytes, code_source, run_on_saved_model
+from .base import ExportViolations, LayerBytes, code_source, layer_codes, run_on_saved_model
 from .compressed_tensors import CompressedTensorsExporter, weight_args
 
 if TYPE_CHECKING:
@@ -117,38 +116,23 @@ def _compressed_state(
     from compressed_tensors.compressors.pack_quantized import PackedQuantizationCompressor
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    layers: dict[str, list[tuple[int, str, QuantFormat]]] = {}
-    for u, fmt in zip(solution.space.units, solution.formats):
-        start = (u.channels or (0, u.shape[0]))[0]
-        layers.setdefault(u.fqn, []).append((start, u.name, fmt))
-    handle = backend.apply(model, solution, calib=calib)
-    try:
-        kept = handle.tensors
-        state = _unique_state(model)
-        planned: dict[str, tuple[str, int]] = {}
-        for fqn, parts in layers.items():
-            parts.sort()
-            fmt = parts[0][2]
-            qs = [kept[name] for _, name, _ in parts]
-            weight = torch.cat([q.weight for q in qs]).contiguous()
-            key = f"{fqn}.weight"
-            if fmt.is_float:
-                kind = torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16
-                state[key] = weight.to(kind)
-                continue
-            local = {"weight": weight, "weight_scale": torch.cat([q.scale for q in qs])}
-            if not fmt.symmetric:  # bitalloc's codes are 0..2^b-1; compressed-tensors' signed
-                zero = torch.cat([q.zero for q in qs]) - 2 ** (fmt.bits - 1)
-                local["weight_zero_point"] = zero.to(torch.int8)
-            scheme = QuantizationScheme(
-                targets=[fqn], weights=QuantizationArgs(**weight_args(fmt))
-            )
-            del state[key]
-            for part, value in PackedQuantizationCompressor.compress(local, scheme).items():
-                state[f"{fqn}.{part}"] = value.contiguous()
-            planned[fqn] = (fmt.key, fmt.nbytes(tuple(weight.shape)))
-    finally:
-        handle.restore()
+    state = _unique_state(model)
+    planned: dict[str, tuple[str, int]] = {}
+    for layer in layer_codes(model, solution, backend, calib):
+        fqn, fmt, weight = layer.fqn, layer.format, layer.weight
+        key = f"{fqn}.weight"
+        if fmt.is_float:
+            kind = torch.bfloat16 if fmt.float_kind == "bf16" else torch.float16
+            state[key] = weight.to(kind)
+            continue
+        local = {"weight": weight, "weight_scale": layer.scale}
+        if not fmt.symmetric:  # bitalloc's codes are 0..2^b-1; compressed-tensors' signed
+            local["weight_zero_point"] = (layer.zero - 2 ** (fmt.bits - 1)).to(torch.int8)
+        scheme = QuantizationScheme(targets=[fqn], weights=QuantizationArgs(**weight_args(fmt)))
+        del state[key]
+        for part, value in PackedQuantizationCompressor.compress(local, scheme).items():
+            state[f"{fqn}.{part}"] = value.contiguous()
+        planned[fqn] = (fmt.key, fmt.nbytes(tuple(weight.shape)))
     return state, planned
 
 

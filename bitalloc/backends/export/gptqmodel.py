@@ -27,7 +27,9 @@ from . import EXPORTERS
 from .base import (
     ExportViolations,
     LayerBytes,
+    code_source,
     fused_name,
+    layer_codes,
     name_patterns,
     run_on_saved_model,
     tensor_bytes,
@@ -35,6 +37,7 @@ from .base import (
 from .rules import RuleExporter, Rules
 
 GPTQ_BACKENDS = ("gptq", "gptq_marlin")
+GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
 
 @EXPORTERS.register("gptqmodel")
@@ -111,13 +114,16 @@ class GptqModelRun:
     """What GPTQModel built from a plan: its checkpoint folder, the float model with every
     quantized layer's weight replaced by GPTQModel's dequantized one, the logits of
     GPTQModel's own forward on the probe ids, and the bytes per layer in its checkpoint
-    (``qweight``, ``qzeros``, ``scales``, ``g_idx``)."""
+    (``qweight``, ``qzeros``, ``scales``, ``g_idx``). With bitalloc's codes, ``unpacked``
+    holds per layer what GPTQModel's loader unpacks from the checkpoint: ``(codes, zeros,
+    scales)``, the codes ``[out, in]`` unsigned, zeros and scales ``[out, groups]``."""
 
     folder: Path
     model: Any
     logits: Any
     probe_ids: Any
     layers: list[LayerBytes]
+    unpacked: dict[str, tuple[Any, Any, Any]] | None = None
 
 
 def quantize_model(
@@ -127,26 +133,41 @@ def quantize_model(
     tokenizer: Any,
     folder: str | os.PathLike[str],
     *,
+    codes: Any = None,
     probe_ids: Any = None,
 ) -> GptqModelRun:
-    """Quantize ``model`` per ``solution`` with GPTQModel's own GPTQ (in its venv: ``make
-    gptqmodel``) from the exported config, on ``calib``'s batches; the checkpoint goes to
-    ``folder``. Raises ``ExportViolations`` before any work when the plan breaks the rules."""
+    """Build ``solution`` as a GPTQModel checkpoint in ``folder`` (in its venv: ``make
+    gptqmodel``) from the exported config, on ``calib``'s batches.
+
+    Args:
+        codes: ``None``: GPTQModel's own GPTQ quantizes every planned layer. ``"rtn"``,
+            ``"gptq"`` or an instance of either backend: that backend's weights, scales and
+            zero points go into the checkpoint (GPTQModel packs, saves and loads them), so
+            the artifact is the plan bitalloc measured.
+        probe_ids: token ids for GPTQModel's own forward (default: the first batch).
+
+    Raises ``ExportViolations`` before any work when the plan breaks the rules."""
     import copy
 
     import torch
     from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from ...toolkits import gptqmodel as toolkit
 
     config = GPTQModelExporter().render(solution)
+    backend = None if codes is None else code_source(codes, "codes")
     toolkit.python()  # ToolkitMissing names `make gptqmodel` before any work
     ids = probe_ids if probe_ids is not None else calib.batches[0]
+    planted = {} if backend is None else gptq_codes(model, solution, backend, calib)
 
     def run(src: Path, data: Path, stage: Path, scratch: Path) -> dict[str, Any]:
         probe = scratch / "probe.safetensors"
-        toolkit.quantize(src, config, data, stage, probe)
+        given = None
+        if planted:
+            given = scratch / "codes.safetensors"
+            save_file(planted, str(given))
+        toolkit.quantize(src, config, data, stage, probe, codes=given)
         return load_file(str(probe))
 
     folder = Path(folder)
@@ -163,11 +184,37 @@ def quantize_model(
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():
                 layer, _, part = name.rpartition(".")
-                if part in ("qweight", "qzeros", "scales", "g_idx"):
+                if part in GPTQ_PARTS:
                     stored[layer] = stored.get(layer, 0) + tensor_bytes(st.get_tensor(name))
     layers = [
         LayerBytes(u.fqn, fmt.key, fmt.nbytes(u.shape), stored[u.fqn])
         for u, fmt in zip(solution.space.units, solution.formats)
         if not fmt.is_float
     ]
-    return GptqModelRun(folder, out.eval(), got["__logits__"], ids, layers)
+    unpacked = None
+    if planted:
+        unpacked = {
+            u.fqn: tuple(got[f"{u.fqn}.{part}"] for part in ("codes", "zeros", "scales"))
+            for u, fmt in zip(solution.space.units, solution.formats)
+            if not fmt.is_float
+        }
+    return GptqModelRun(folder, out.eval(), got["__logits__"], ids, layers, unpacked)
+
+
+def gptq_codes(model: Any, solution: Solution, backend: Any, calib: Any) -> dict[str, Any]:
+    """``NAME.weight`` (``W_hat``, float32), ``NAME.scale`` and ``NAME.zero`` (GPTQ's unsigned
+    zero points, ``2^(bits-1)`` for a symmetric grid) for every quantized layer of the plan."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for layer in layer_codes(model, solution, backend, calib):
+        fmt = layer.format
+        if fmt.is_float:
+            continue
+        zero = layer.zero
+        if zero is None:  # bitalloc's signed symmetric codes are GPTQ's unsigned ones - 2^(b-1)
+            zero = torch.full_like(layer.scale, 2 ** (fmt.bits - 1), dtype=torch.int16)
+        out[f"{layer.fqn}.weight"] = layer.weight.float().contiguous()
+        out[f"{layer.fqn}.scale"] = layer.scale.float().contiguous()
+        out[f"{layer.fqn}.zero"] = zero.to(torch.int16).contiguous()
+    return out

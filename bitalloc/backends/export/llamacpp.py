@@ -116,7 +116,7 @@ class LlamaCppExporter(RuleExporter):
             )
 
     def rules(self) -> Rules:
-        return Rules("llama.cpp", bits=(2, 3, 4, 5, 6, 8), ggml=True, tied=True)
+        return Rules("llama.cpp", bits=(2, 3, 4, 5, 6, 8), ggml=True, tied=True, embeddings=True)
 
     def unit_problem(self, unit: Unit, fmt: QuantFormat) -> tuple[str, str] | None:
         if gguf_name(unit.tensor_fqn, self.arch) is None:

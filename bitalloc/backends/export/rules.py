@@ -35,7 +35,7 @@ _WHY = {
     "channels": "one tensor takes one format in this target; its channel slices differ",
     "tag": "this target keys formats by the layer's tag, so every layer with it must share",
 }
-UNFIXABLE = frozenset({"name", "tied"})
+UNFIXABLE = frozenset({"name", "tied", "embedding"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,7 @@ class Rules:
         tied: whether a unit whose weight is tied to another module's (:attr:`Unit.shares`,
             a tied ``lm_head``) can be stored as one quantized tensor (GGUF's
             ``token_embd.weight``); elsewhere quantizing it apart breaks the tie.
+        embeddings: whether it stores a quantized ``nn.Embedding`` (:attr:`Unit.embedding`).
     """
 
     target: str
@@ -66,6 +67,7 @@ class Rules:
     pairs: tuple[tuple[int, int | None], ...] | None = None
     ggml: bool = False
     tied: bool = False
+    embeddings: bool = False
 
     def problem(self, fmt: QuantFormat) -> tuple[str, str] | None:
         """``(rule, message)`` when the target cannot store ``fmt``, else None."""
@@ -174,6 +176,10 @@ class RuleExporter:
                     f"{u.fqn} apart from it and break the tie: search without lm_head"
                 )
                 out.append(Violation(u.name, "tied", why, False))
+                continue
+            if u.embedding and not rules.embeddings:
+                why = f"{rules.target} stores no quantized embedding table: search without it"
+                out.append(Violation(u.name, "embedding", why, False))
                 continue
             p = self.unit_problem(u, QuantFormat.parse(key))
             if p is not None:
