@@ -107,7 +107,7 @@ def report(results: dict[str, Any]) -> str:
         own, codes = r.get("gptqmodel"), r.get("codes")
         cells = [f"{m['kl']:.4f} ({m['ppl']:.2f})" if m else "-" for m in (own, codes)]
         db = "/".join(f"{m['forward_sqnr_db']:.1f}" for m in (own, codes) if m)
-        stored = sorted({m.get("bytes", m.get("gptqmodel_bytes")) for m in (own, codes) if m})
+        stored = sorted({m["bytes"] for m in (own, codes) if m})
         fmts = ", ".join(f"{k} {v}" for k, v in r["formats"].items())
         lines.append(
             f"| {budget} | {who} | {cells[0]} | {cells[1]} | {r['fake_quant']['kl']:.4f} | {db} | "

@@ -98,11 +98,12 @@ def main(config, model_dir, calib, out, probe, codes=None):
     batches = [data[k] for k in sorted(k for k in data if k.startswith("batch_"))]
     rows = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in batches]
     load = {"dtype": torch.float32} if codes else {}
-    planted = plant(load_file(codes)) if codes else None
+    given = load_file(codes) if codes else None
+    planted = plant(given) if given else None
     model = GPTQModel.load(model_dir, qc, device="cpu", **load)
     model.quantize(rows, batch_size=1)
     if planted is not None:
-        wanted = {k.rpartition(".")[0] for k in load_file(codes) if k.endswith(".weight")}
+        wanted = {k.rpartition(".")[0] for k in given if k.endswith(".weight")}
         if wanted - planted:
             raise RuntimeError(f"GPTQModel left planned layers alone: {sorted(wanted - planted)}")
     model.save(out)

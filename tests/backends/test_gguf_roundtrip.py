@@ -50,6 +50,19 @@ def calibration(tok) -> Calibration:
     )
 
 
+def ggml_source(model, tok, space, imatrix, tmp_path, covered):
+    """The ggml backend's weights for ``space`` and, with ``imatrix="on"``, the imatrix file;
+    of the two tables only ``covered`` (the one a matmul reads) has an imatrix entry."""
+    calib = calibration(tok) if imatrix == "on" else None
+    source = GgmlBackend(imatrix=imatrix).quantized(model, space, calib)
+    if imatrix != "on":
+        return source, None
+    values = G.imatrix_of(source.importance, space=space)
+    other = ({"token_embd.weight", "output.weight"} - {covered}).pop()
+    assert covered in values and other not in values
+    return source, G.write_imatrix(values, tmp_path / "imatrix.dat")
+
+
 def assert_file_holds(plan, path, source) -> None:
     assert G.check_bytes(plan, path) == []
     names = [str(gguf_name(u.tensor_fqn)) for u in plan.space.units]
@@ -98,13 +111,7 @@ def test_a_searched_tied_embedding_is_the_files_token_embd(float_model, tmp_path
     space = SearchSpace.from_model(model, target="llama.cpp", tie=None, lm_head=True)
     head = space.units[-1]
     assert (head.name, head.shares) == ("lm_head", "model.embed_tokens")
-    calib = calibration(tok) if imatrix == "on" else None
-    source = GgmlBackend(imatrix=imatrix).quantized(model, space, calib)
-    path = None
-    if imatrix == "on":
-        values = G.imatrix_of(source.importance, space=space)
-        assert "token_embd.weight" in values and "output.weight" not in values
-        path = G.write_imatrix(values, tmp_path / "imatrix.dat")
+    source, path = ggml_source(model, tok, space, imatrix, tmp_path, "token_embd.weight")
     plan = random_plan(space, seed=3)
     plan = Solution(space, plan.choice[:-1] + ("q5_0",), Status.FEASIBLE)
     out = G.quantize(plan, f32, tmp_path / "tied.gguf", imatrix=path)
@@ -139,13 +146,7 @@ def test_a_searched_untied_embedding_is_the_files_token_embd(
     )
     table = space.units[space.index("model.embed_tokens")]
     assert table.embedding and table.shares is None and space.units[-1].name == "lm_head"
-    calib = calibration(tok) if imatrix == "on" else None
-    source = GgmlBackend(imatrix=imatrix).quantized(model, space, calib)
-    path = None
-    if imatrix == "on":
-        values = G.imatrix_of(source.importance, space=space)
-        assert "output.weight" in values and "token_embd.weight" not in values
-        path = G.write_imatrix(values, tmp_path / "imatrix.dat")
+    source, path = ggml_source(model, tok, space, imatrix, tmp_path, "output.weight")
     plan = random_plan(space, seed=5)
     choice = list(plan.choice)
     choice[space.index("model.embed_tokens")], choice[-1] = "q3_k", "q6_k"

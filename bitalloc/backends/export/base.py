@@ -17,6 +17,7 @@ Schemas and runtime rules: ``shared/reference/exports.md``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -245,6 +246,25 @@ def run_on_saved_model(
 def tensor_bytes(*tensors: Any) -> int:
     """Bytes of plain tensors (``numel * element_size``)."""
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def part_bytes(files: Iterable[str | os.PathLike[str]], parts: Iterable[str]) -> dict[str, int]:
+    """Bytes per layer of the tensors named ``LAYER.PART`` (``PART`` in ``parts``) in
+    safetensors ``files``, read from their headers (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    sizes = {"I64": 8, "F64": 8, "I32": 4, "F32": 4, "F16": 2, "BF16": 2, "I16": 2}
+    wanted = set(parts)
+    out: dict[str, int] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                layer, _, part = name.rpartition(".")
+                if part in wanted:
+                    t = f.get_slice(name)
+                    n = math.prod(t.get_shape())
+                    out[layer] = out.get(layer, 0) + n * sizes.get(t.get_dtype(), 1)
+    return out
 
 
 def code_source(quantizer: Any, arg: str = "quantizer") -> Any:

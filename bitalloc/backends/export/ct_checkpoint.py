@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from ...search._io import atomic_write_folder, read_json
 from ...search.solution import Solution
-from .base import ExportViolations, LayerBytes, code_source, layer_codes, run_on_saved_model
+from .base import (
+    ExportViolations,
+    LayerBytes,
+    code_source,
+    layer_codes,
+    part_bytes,
+    run_on_saved_model,
+)
 from .compressed_tensors import CompressedTensorsExporter, weight_args
 
 if TYPE_CHECKING:
@@ -152,24 +159,7 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def stored_bytes(folder: str | os.PathLike[str]) -> dict[str, int]:
     """Bytes per quantized layer in the folder's safetensors (packed codes, scales, zero
     points and ``weight_shape``), read from the file's header."""
-    from safetensors import safe_open
-
-    out: dict[str, int] = {}
-    with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as f:
-        for name in f.keys():
-            layer, _, part = name.rpartition(".")
-            if part in _PARTS:
-                t = f.get_slice(name)
-                n = 1
-                for d in t.get_shape():
-                    n *= d
-                out[layer] = out.get(layer, 0) + n * _itemsize(t.get_dtype())
-    return out
-
-
-def _itemsize(dtype: str) -> int:
-    sizes = {"I64": 8, "F64": 8, "I32": 4, "F32": 4, "F16": 2, "BF16": 2, "I16": 2}
-    return sizes.get(dtype, 1)
+    return part_bytes([Path(folder) / WEIGHTS], _PARTS)
 
 
 def _compare(planned: dict[str, tuple[str, int]], stored: dict[str, int]) -> list[LayerBytes]:

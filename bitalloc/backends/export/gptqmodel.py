@@ -31,8 +31,8 @@ from .base import (
     fused_name,
     layer_codes,
     name_patterns,
+    part_bytes,
     run_on_saved_model,
-    tensor_bytes,
 )
 from .rules import RuleExporter, Rules
 
@@ -150,7 +150,6 @@ def quantize_model(
     import copy
 
     import torch
-    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from ...toolkits import gptqmodel as toolkit
@@ -179,13 +178,7 @@ def quantize_model(
         for u, fmt in zip(solution.space.units, solution.formats):
             if not fmt.is_float:
                 out.get_submodule(u.fqn).weight.copy_(got[u.fqn])
-    stored: dict[str, int] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                layer, _, part = name.rpartition(".")
-                if part in GPTQ_PARTS:
-                    stored[layer] = stored.get(layer, 0) + tensor_bytes(st.get_tensor(name))
+    stored = part_bytes(sorted(folder.glob("*.safetensors")), GPTQ_PARTS)
     layers = [
         LayerBytes(u.fqn, fmt.key, fmt.nbytes(u.shape), stored[u.fqn])
         for u, fmt in zip(solution.space.units, solution.formats)
