@@ -304,6 +304,25 @@ def test_gptqmodel_rules() -> None:
     assert set(tied.choice) == {"int4-g64"}  # v joins q/k; zero points kept (GPTQ has them)
 
 
+def test_gptqmodel_cpu_refuses_asymmetric_4bit_layers_only() -> None:
+    space = llama_space()
+    cpu = EXPORTERS.get("gptqmodel", backend="gptq_cpu")
+    bad = cpu.check(plan(space, "int4-g64-sym", mlp_down_proj="int4-g64"))
+    assert {v.unit for v in bad} == {f"model.layers.{i}.mlp.down_proj" for i in (0, 1)}
+    assert rules_of(bad) == {"symmetric"} and "TorchFusedLinear" in bad[0].message
+    asym_ok = plan(space, "int3-g64", mlp_down_proj="int8-pc-sym", self_attn_o_proj="int2-g64")
+    assert cpu.check(asym_ok) == []  # zero points at 2 and 3 bits: its torch kernel
+    assert rules_of(cpu.check(plan(space, "int5-g64"))) == {"bits"}
+    # the fix drops the zero point at the same bits and group, rather than doubling the bits
+    fixed = assert_fixed(cpu, plan(space, "int3-g64", mlp_down_proj="int4-g64"))
+    by_name = dict(zip(space.names, fixed.choice))
+    assert {k for n, k in by_name.items() if n.endswith("down_proj")} == {"int4-g64-sym"}
+    assert {k for n, k in by_name.items() if not n.endswith("down_proj")} == {"int3-g64"}
+    # where the target keeps zero points at those bits, the fix keeps them
+    kept = assert_fixed(cpu, plan(space, "int3-g64", mlp_up_proj="int2-g64"))
+    assert set(kept.choice) == {"int3-g64"}
+
+
 # ---------------------------------------------------------------------- ModelOpt
 def test_modelopt_quant_cfg_resolves_each_quantizer(tiny_llama, tmp_path) -> None:
     import yaml
@@ -386,6 +405,18 @@ def test_hqq_dynamic_config_schema_and_tag_rule() -> None:
 # ---------------------------------------------------------------------- every target
 class TestExporterContract(ExporterContract):
     """tests/contracts/exporter.py over every registered exporter."""
+
+
+class TestGPTQModelBackendsContract(ExporterContract):
+    """The same contract for GPTQModel's other runtimes (Marlin, its CPU kernels)."""
+
+    @pytest.fixture(params=["gptq_marlin", "gptq_cpu"])
+    def target(self, request: pytest.FixtureRequest) -> str:
+        self.backend = request.param
+        return "gptqmodel"
+
+    def make(self, target: str):
+        return EXPORTERS.get(target, backend=self.backend)
 
 
 def test_facade_writes_atomically_and_refuses_bad_plans(tmp_path) -> None:

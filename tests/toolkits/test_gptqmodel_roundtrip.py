@@ -115,6 +115,29 @@ def test_gptqmodel_checkpoint_holds_bitalloc_codes(float_model, tmp_path, codes)
     assert sqnr_db(run.logits, logits) > 35  # its own forward (bf16) on the same weights
 
 
+def test_gptqmodel_cpu_kernel_drops_asymmetric_4bit_zero_points(float_model, tmp_path) -> None:
+    """Why ``backend="gptq_cpu"`` refuses asymmetric 4-bit layers: for per-channel 4-bit layers
+    GPTQModel's CPU loader picks ``TorchFusedLinear``, whose ``transform_cpu`` replaces the
+    zero points by zeros, so its forward leaves its own dequantized weights. The fixed plan
+    (same bits and group, symmetric) computes what its weights say. If the first assertion
+    fails, GPTQModel fixed its kernel and the rule can go."""
+    model, tok = float_model
+    space = SearchSpace.from_model(model, ["int4-pc", "int4-pc-sym"], tie=None)
+    asym = Solution(space, ("int4-pc",) * len(space), Status.FEASIBLE)
+    cpu = EXPORTERS.get("gptqmodel", backend="gptq_cpu")
+    assert {v.rule for v in cpu.check(asym)} == {"symmetric"}
+    fixed = cpu.fix(asym)
+    assert set(fixed.choice) == {"int4-pc-sym"}
+    agreement = {}
+    for name, sol in (("asym", asym), ("fixed", fixed)):
+        run = quantize_model(model, sol, _calib(), tok, tmp_path / name, codes="rtn")
+        with torch.no_grad():
+            ours = run.model(run.probe_ids).logits  # GPTQModel's dequantized weights
+        agreement[name] = sqnr_db(run.logits, ours)
+    assert agreement["asym"] < 15, agreement  # measured 7 dB
+    assert agreement["fixed"] > 35, agreement  # bf16 only, as with every symmetric layer
+
+
 def test_gptqmodel_refuses_what_it_cannot_store(float_model, tmp_path) -> None:
     model, tok = float_model
     space = SearchSpace.from_model(model, ["int5-g32"], tie=None)

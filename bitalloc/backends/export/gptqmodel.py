@@ -10,7 +10,13 @@ must share a format. Modules the plan does not list get the base format.
 
 Runtime rules: ``backend="gptq"`` (vLLM ``gptq`` kernels: 2/3/4/8 bits, any group);
 ``backend="gptq_marlin"`` (4/8-bit symmetric, per-channel or g32/g64/g128,
-``GPTQMarlinConfig.TYPE_MAP``).
+``GPTQMarlinConfig.TYPE_MAP``); ``backend="gptq_cpu"`` (what ``GPTQModel.load(...,
+device="cpu")`` computes correctly: 2/3/4/8 bits, 4-bit layers symmetric). GPTQModel 7.7's
+4-bit CPU kernel ``TorchFusedLinear``, which it picks for per-channel layers, for rows not a
+multiple of 32 and on CPUs without AVX-512, replaces the checkpoint's zero points by zeros in
+``transform_cpu``: an asymmetric 4-bit layer then computes with the wrong grid (its forward
+and its own ``dequantize_weight()`` agree to about 7 dB, pinned by
+``tests/toolkits/test_gptqmodel_roundtrip.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, ClassVar
 
 from ...search.formats import QuantFormat
 from ...search.solution import Solution
+from ...search.space import Unit
 from . import EXPORTERS
 from .base import (
     ExportViolations,
@@ -36,7 +43,7 @@ from .base import (
 )
 from .rules import RuleExporter, Rules
 
-GPTQ_BACKENDS = ("gptq", "gptq_marlin")
+GPTQ_BACKENDS = ("gptq", "gptq_marlin", "gptq_cpu")
 GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
 
@@ -46,7 +53,8 @@ class GPTQModelExporter(RuleExporter):
     """Writes ``quantize_config.json`` / ``config.json["quantization_config"]`` with ``dynamic``.
 
     Args:
-        backend: ``"gptq"`` (2/3/4/8-bit) or ``"gptq_marlin"`` (4/8-bit symmetric, fast).
+        backend: ``"gptq"`` (2/3/4/8-bit), ``"gptq_marlin"`` (4/8-bit symmetric, fast) or
+            ``"gptq_cpu"`` (GPTQModel's own CPU kernels: 2/3/4/8-bit, 4-bit symmetric).
     """
 
     backend: str = "gptq"
@@ -66,7 +74,18 @@ class GPTQModelExporter(RuleExporter):
                 symmetric=(True,),
                 fused=True,
             )
+        if self.backend == "gptq_cpu":
+            return Rules("GPTQModel on CPU", bits=(2, 3, 4, 8), fused=True)
         return Rules("GPTQ", bits=(2, 3, 4, 8), fused=True)
+
+    def unit_problem(self, unit: Unit, fmt: QuantFormat) -> tuple[str, str] | None:
+        p = self.rules().problem(fmt)
+        if p is None and self.backend == "gptq_cpu" and fmt.bits == 4 and not fmt.symmetric:
+            return "symmetric", (
+                f"{fmt.key}: GPTQModel's 4-bit CPU kernel (TorchFusedLinear) drops zero "
+                "points; 4-bit layers need a symmetric grid"
+            )
+        return p
 
     def render(self, solution: Solution) -> dict[str, Any]:
         bad = self.check(solution)

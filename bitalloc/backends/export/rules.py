@@ -248,7 +248,13 @@ class RuleExporter:
                 if c.is_float == floats
                 and all(
                     c.supports(units[i].shape)
-                    and _dominates(c, fmts[i], units[i], keep_group, keep_zero)
+                    and _dominates(
+                        c,
+                        fmts[i],
+                        units[i],
+                        keep_group,
+                        keep_zero and self._stores_zero(units[i], c),
+                    )
                     and self.unit_problem(units[i], c) is None
                     for i in members
                 )
@@ -259,6 +265,15 @@ class RuleExporter:
                     key=lambda c: (sum(c.nbytes(units[i].shape) for i in members), c.bits, c.key),
                 )
         return None
+
+    def _stores_zero(self, unit: Unit, fmt: QuantFormat) -> bool:
+        """Whether the target could store ``fmt`` with a zero point for ``unit``: a rule that
+        refuses zero points at some bits only (GPTQModel's 4-bit CPU kernel) lets a fix drop
+        one there rather than raise the bits."""
+        if not fmt.symmetric or fmt.is_float or fmt.is_ggml:
+            return True
+        twin = dataclasses.replace(fmt, symmetric=False)
+        return self.unit_problem(unit, twin) is None
 
 
 FLOAT_PASS = (False, False, True)  # (keep group at least as fine, keep zero point, float)
