@@ -79,7 +79,7 @@ class GPTQModelExporter(RuleExporter):
         return Rules("GPTQ", bits=(2, 3, 4, 8), fused=True)
 
     def unit_problem(self, unit: Unit, fmt: QuantFormat) -> tuple[str, str] | None:
-        p = self.rules().problem(fmt)
+        p = RuleExporter.unit_problem(self, unit, fmt)  # slots dataclass: no bare super()
         if p is None and self.backend == "gptq_cpu" and fmt.bits == 4 and not fmt.symmetric:
             return "symmetric", (
                 f"{fmt.key}: GPTQModel's 4-bit CPU kernel (TorchFusedLinear) drops zero "
